@@ -1,0 +1,102 @@
+"""The run directory every stage writes: config.yaml, metrics.jsonl, summary.json (last, atomically).
+
+Only rank 0 holds a writable RunDir; other ranks get one with `enabled=False` whose writes do nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+SUMMARY_KEYS = ("task", "metrics", "backbone", "dataset", "epochs", "wall_seconds", "images_per_second", "versions")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: a reader sees the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def versions() -> dict:
+    import timm
+    import torch
+    import torchvision
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        bot_version = version("bot")
+    except PackageNotFoundError:
+        bot_version = "dev"
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "timm": timm.__version__, "bot": bot_version}
+
+
+class RunDir:
+    def __init__(self, path: str | Path, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled
+        self.started = time.time()
+        if enabled:
+            self.path.mkdir(parents=True, exist_ok=True)
+
+    config_file = property(lambda self: self.path / "config.yaml")
+    metrics_file = property(lambda self: self.path / "metrics.jsonl")
+    summary_file = property(lambda self: self.path / "summary.json")
+    checkpoint_file = property(lambda self: self.path / "last.ckpt")
+    weights_file = property(lambda self: self.path / "model.safetensors")
+
+    def write_config(self, config: dict) -> None:
+        if self.enabled:
+            atomic_write_text(self.config_file, yaml.safe_dump(config, sort_keys=False))
+
+    def read_config(self) -> dict:
+        return yaml.safe_load(self.config_file.read_text())
+
+    def log(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.metrics_file, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def truncate_log(self, step: int) -> None:
+        """On resume, drop records logged after the checkpoint's step, so the log reads as one uninterrupted run."""
+        if not (self.enabled and self.metrics_file.exists()):
+            return
+        kept = [ln for ln in self.metrics_file.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        atomic_write_text(self.metrics_file, "".join(ln + "\n" for ln in kept))
+
+    def write_summary(self, summary: dict) -> None:
+        missing = [k for k in SUMMARY_KEYS if k not in summary]
+        if missing:
+            raise ValueError(f"summary lacks keys {missing}")
+        if self.enabled:
+            atomic_write_text(self.summary_file, json.dumps(summary, indent=2) + "\n")
+
+    def finished(self) -> bool:
+        return self.summary_file.exists()
