@@ -61,5 +61,20 @@ def recipes():
     click.echo(describe_recipes())
 
 
+# ---- compare --------------------------------------------------------------------------------------------------
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--baseline", help="Row to diff against: a run name, recipe, run path or sha256 prefix (default: the first).")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]), default="table", show_default=True)
+@click.option("--csv", "csv_file", type=click.Path(), help="Also write the comparison as CSV here.")
+@click.option("--json", "json_file", type=click.Path(), help="Also write it as JSON here.")
+@click.option("--markdown", "markdown_file", type=click.Path(), help="Also write it as a Markdown table here.")
+@click.option("--plot", "plot_file", type=click.Path(), help="Write the plots here (.png, .svg or .pdf).")
+def compare(paths, **options):
+    """Compare backbones: join pretrain runs under PATHS (default: runs/) with their fine-tune runs by weights sha256."""
+    from compare.command import run_compare
+    run_compare(list(paths), **options)
+
+
 if __name__ == "__main__":
     main()

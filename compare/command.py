@@ -1,0 +1,56 @@
+"""What `bot compare` does once cli.py has parsed its options: discover, join, print, write files."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from engine.errors import BotError
+from engine.rundir import atomic_write_text
+
+from .discover import Discovery, discover
+from .join import Comparison, join
+from .render import print_terminal, to_csv, to_json, to_markdown, unfinished_lines
+
+FORMATS = ("table", "markdown", "csv", "json")
+
+
+def build(paths, baseline: str | None = None) -> tuple[Comparison, Discovery]:
+    found = discover(paths)
+    warn = Console(stderr=True, highlight=False)
+    for w in found.warnings:
+        warn.print(f"warning: {w}", soft_wrap=True)
+    if not found.runs:
+        where = ", ".join(str(p) for p in paths)
+        detail = f" ({len(found.unfinished)} unfinished)" if found.unfinished else ""
+        if found.unfinished:
+            for line in unfinished_lines(found):
+                warn.print(line, soft_wrap=True)
+        raise BotError(f"{where}: no finished run directories (summary.json) found{detail}")
+    return join(found.runs, baseline), found
+
+
+def run_compare(paths, *, baseline=None, fmt="table", csv_file=None, json_file=None, markdown_file=None,
+                plot_file=None, out=None) -> Comparison:
+    if fmt not in FORMATS:
+        raise BotError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+    comp, found = build(paths or ["runs"], baseline)
+    out = out or sys.stdout
+    if fmt == "table":
+        print_terminal(comp, found, Console(file=out) if out is not sys.stdout else None)
+    else:
+        text = {"markdown": to_markdown, "csv": to_csv}.get(fmt)
+        out.write(text(comp) if text else to_json(comp, found))
+        # Keep stdout machine-readable; unfinished runs go to stderr.
+        err = Console(stderr=True, highlight=False)
+        for line in unfinished_lines(found):
+            err.print(line, soft_wrap=True)
+    for path, text in ((csv_file, lambda: to_csv(comp)), (json_file, lambda: to_json(comp, found)),
+                       (markdown_file, lambda: to_markdown(comp))):
+        if path:
+            atomic_write_text(Path(path), text())
+    if plot_file:
+        from .plot import write_plot
+        write_plot(comp, plot_file)
+    return comp

@@ -1,0 +1,161 @@
+"""Join pretrain runs with the fine-tune runs that used their weights, one row per backbone.
+
+The join key is the sha256 of the backbone weights that each downstream summary records, never a folder name, so
+runs can live anywhere. Repeated fine-tunes of one backbone are reduced to mean, min, max, std and count; each
+row's difference against the baseline row is mean minus mean, in percentage points.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.errors import BotError
+
+from .discover import Run, unique_names
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str        # the key in summary.json's metrics
+    task: str       # the stage that writes it
+    label: str      # column heading
+    shown: bool     # in the terminal/markdown table and the plot (csv/json carry every metric)
+
+
+METRICS = (
+    Metric("top1", "pretrain", "top-1", True),
+    Metric("top5", "pretrain", "top-5", True),
+    Metric("voc07_map50", "detect", "VOC07 mAP", True),
+    Metric("voc_map50", "detect", "VOC mAP (area)", False),
+    Metric("coco_map", "detect", "COCO mAP", True),
+    Metric("coco_map50", "detect", "COCO mAP50", False),
+    Metric("miou", "segment", "mIoU", True),
+    Metric("pixel_acc", "segment", "pixAcc", True),
+)
+BY_KEY = {m.key: m for m in METRICS}
+
+
+@dataclass
+class Stat:
+    """Several runs' values of one metric, in percent."""
+    values: list[float]
+
+    n = property(lambda self: len(self.values))
+    mean = property(lambda self: sum(self.values) / len(self.values))
+    min = property(lambda self: min(self.values))
+    max = property(lambda self: max(self.values))
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation (n-1); 0 for a single run."""
+        if self.n < 2:
+            return 0.0
+        m = self.mean
+        return math.sqrt(sum((v - m) ** 2 for v in self.values) / (self.n - 1))
+
+
+@dataclass
+class Row:
+    name: str
+    recipe: str
+    arch: str
+    sha256: str
+    pretrain: list[Run] = field(default_factory=list)      # empty: weights not among the runs found
+    detect: list[Run] = field(default_factory=list)
+    segment: list[Run] = field(default_factory=list)
+    stats: dict[str, Stat] = field(default_factory=dict)
+    deltas: dict[str, float | None] = field(default_factory=dict)
+
+    def runs(self, task: str) -> list[Run]:
+        return {"pretrain": self.pretrain, "detect": self.detect, "segment": self.segment}[task]
+
+
+@dataclass
+class Comparison:
+    rows: list[Row]
+    baseline: Row
+
+    def metrics(self, shown_only: bool = False) -> list[Metric]:
+        """The metrics at least one row has, in METRICS order."""
+        return [m for m in METRICS if (m.shown or not shown_only) and any(m.key in r.stats for r in self.rows)]
+
+
+def backbone_key(run: Run) -> str:
+    """What downstream runs share with the pretrain run whose weights they loaded."""
+    if run.sha256:
+        return run.sha256
+    # Random-init backbones have no weights file: group their fine-tunes by architecture.
+    return f"random-init:{run.arch}"
+
+
+def orphan_name(run: Run) -> str:
+    """A name for weights that no pretrain run found here produced: the folder or file they came from."""
+    source = str(run.backbone.get("source") or "")
+    if not run.sha256 or not source or source == "random-init":
+        return f"random-init {run.arch}".strip()
+    p = Path(source)
+    return p.parent.name if p.name == "model.safetensors" and p.parent.name else p.stem
+
+
+def collect_stats(row: Row) -> None:
+    for m in METRICS:
+        values = [float(r.metrics[m.key]) * 100 for r in row.runs(m.task)
+                  if isinstance(r.metrics.get(m.key), (int, float)) and math.isfinite(r.metrics[m.key])]
+        if not values and m.task == "pretrain" and not row.pretrain and m.key == "top1":
+            # Weights from elsewhere: the checkpoint's own top-1 (safetensors metadata) is the best we know.
+            tops = [r.backbone.get("top1") for r in row.detect + row.segment]
+            values = [float(t) * 100 for t in tops if isinstance(t, (int, float))][:1]
+        if values:
+            row.stats[m.key] = Stat(values)
+
+
+def pick_baseline(rows: list[Row], wanted: str | None) -> Row:
+    """--baseline: a row name, a recipe (if only one row has it), a run path, or a sha256 prefix; default the first."""
+    if not wanted:
+        return rows[0]
+    for test in (lambda r: r.name == wanted,
+                 lambda r: r.recipe == wanted,
+                 lambda r: any(Path(wanted).resolve() == run.path.resolve() for run in r.pretrain),
+                 lambda r: len(wanted) >= 6 and r.sha256.startswith(wanted)):
+        hits = [r for r in rows if test(r)]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise BotError(f"--baseline {wanted}: matches several rows ({', '.join(r.name for r in hits)}); give a name")
+    raise BotError(f"--baseline {wanted}: no such backbone (rows: {', '.join(r.name for r in rows)})")
+
+
+def join(runs: list[Run], baseline: str | None = None) -> Comparison:
+    """One row per backbone: pretrain runs first (in the order found), then weights only fine-tunes refer to."""
+    rows: dict[str, Row] = {}
+    for run in (r for r in runs if r.task == "pretrain"):
+        key = backbone_key(run)
+        if key not in rows:
+            rows[key] = Row("", run.recipe or str((run.config or {}).get("recipe", "")), run.arch, run.sha256)
+        rows[key].pretrain.append(run)
+    names = unique_names([row.pretrain[0].path for row in rows.values()])
+    for row, name in zip(rows.values(), names):
+        row.name = name
+    for run in (r for r in runs if r.task != "pretrain"):
+        key = backbone_key(run)
+        if key not in rows:
+            rows[key] = Row(orphan_name(run), run.recipe, run.arch, run.sha256)
+        rows[key].runs(run.task).append(run)
+    if not rows:
+        raise BotError("no finished runs to compare")
+    ordered = list(rows.values())
+    taken = set()
+    for row in ordered:
+        # Orphan names can clash with each other or with a pretrain folder's name: number them apart.
+        base, i = row.name, 2
+        while row.name in taken:
+            row.name, i = f"{base}#{i}", i + 1
+        taken.add(row.name)
+        collect_stats(row)
+    base = pick_baseline(ordered, baseline)
+    for row in ordered:
+        for m in METRICS:
+            a, b = row.stats.get(m.key), base.stats.get(m.key)
+            row.deltas[m.key] = None if a is None or b is None else a.mean - b.mean
+    return Comparison(ordered, base)

@@ -1,0 +1,100 @@
+"""The comparison as one PNG: top-1 against each transfer metric (one labelled point per backbone, the baseline
+marked, min-max whiskers for repeated runs), and a bar chart of every row's difference against the baseline.
+
+Headless: matplotlib's Agg backend, selected before pyplot is imported.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from engine.errors import BotError  # noqa: E402
+from engine.rundir import atomic_write_bytes  # noqa: E402
+
+from .join import Comparison  # noqa: E402
+
+
+def transfer_metrics(comp: Comparison):
+    return [m for m in comp.metrics(shown_only=True) if m.task != "pretrain"]
+
+
+def scatter(ax, comp: Comparison, metric) -> None:
+    base = comp.baseline
+    points = [(r, r.stats["top1"], r.stats[metric.key]) for r in comp.rows if "top1" in r.stats and metric.key in r.stats]
+    for row, x, y in points:
+        is_base = row is base
+        yerr = [[y.mean - y.min], [y.max - y.mean]] if y.n > 1 else None
+        xerr = [[x.mean - x.min], [x.max - x.mean]] if x.n > 1 else None
+        ax.errorbar(x.mean, y.mean, xerr=xerr, yerr=yerr, fmt="*" if is_base else "o",
+                    ms=14 if is_base else 7, color="tab:red" if is_base else "tab:blue",
+                    ecolor="0.6", capsize=3, zorder=3)
+        label = row.name + (" (baseline)" if is_base else "") + (f"  n={y.n}" if y.n > 1 else "")
+        ax.annotate(label, (x.mean, y.mean), textcoords="offset points", xytext=(6, 5), fontsize=8)
+    if not points:
+        ax.text(0.5, 0.5, "no backbone has both\ntop-1 and this metric", ha="center", va="center",
+                transform=ax.transAxes, color="0.4")
+    if "top1" in base.stats and metric.key in base.stats:
+        ax.axvline(base.stats["top1"].mean, color="tab:red", lw=0.8, ls=":")
+        ax.axhline(base.stats[metric.key].mean, color="tab:red", lw=0.8, ls=":")
+    ax.set_xlabel("pretrain top-1 accuracy (%)")
+    ax.set_ylabel(f"{metric.label} (%)")
+    ax.set_title(f"{metric.label} vs top-1")
+    ax.grid(alpha=0.3)
+    ax.margins(0.25)
+
+
+def delta_bars(ax, comp: Comparison) -> None:
+    metrics = [m for m in comp.metrics(shown_only=True)]
+    others = [r for r in comp.rows if r is not comp.baseline]
+    width = 0.8 / max(1, len(others))
+    cmap = plt.get_cmap("tab10")
+    for i, row in enumerate(others):
+        xs, hs = [], []
+        for j, m in enumerate(metrics):
+            d = row.deltas.get(m.key)
+            if d is not None:
+                xs.append(j - 0.4 + width * (i + 0.5))
+                hs.append(d)
+        bars = ax.bar(xs, hs, width=width * 0.95, color=cmap(i % 10), label=row.name)
+        ax.bar_label(bars, fmt="%+.2f", fontsize=7, padding=2)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(range(len(metrics)), [m.label for m in metrics])
+    ax.set_ylabel("difference vs baseline (percentage points)")
+    ax.set_title(f"Difference against the baseline ({comp.baseline.name}); blank = stage not run")
+    if others:
+        ax.legend(fontsize=8, loc="best")
+    else:
+        ax.text(0.5, 0.5, "only one backbone: nothing to compare", ha="center", va="center",
+                transform=ax.transAxes, color="0.4")
+    ax.grid(axis="y", alpha=0.3)
+    ax.margins(y=0.2)
+
+
+def write_plot(comp: Comparison, path: str | Path) -> Path:
+    """Draw the figure and write it (atomically) to `path`; the format follows the suffix (.png, .svg, .pdf)."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    if fmt not in ("png", "svg", "pdf"):
+        raise BotError(f"{path}: plot file must end in .png, .svg or .pdf")
+    panels = transfer_metrics(comp)
+    ncols = max(1, len(panels))
+    fig = plt.figure(figsize=(max(10, 4.6 * ncols), 9.5), layout="constrained")
+    grid = fig.add_gridspec(2, ncols, height_ratios=[1.1, 1])
+    for i, metric in enumerate(panels):
+        scatter(fig.add_subplot(grid[0, i]), comp, metric)
+    if not panels:
+        ax = fig.add_subplot(grid[0, :])
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no detection or segmentation runs found", ha="center", va="center", color="0.4")
+    delta_bars(fig.add_subplot(grid[1, :]), comp)
+    fig.suptitle("How classification gains carry over to detection and segmentation", fontsize=13)
+    import io
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path

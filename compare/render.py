@@ -1,0 +1,161 @@
+"""The comparison as text: a rich table for the terminal, Markdown, CSV and JSON.
+
+Every format says the same thing: metrics in percent, the difference against the baseline in percentage points,
+and for repeated runs the mean with min-max and count. A stage a backbone has no run for is blank (JSON null),
+never 0.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .discover import Discovery
+from .join import Comparison, Row, Stat
+
+LEGEND = ("metrics in %; (±x) = difference vs the baseline row in percentage points; "
+          "[min–max, n] = spread over n repeated runs; blank = no finished run of that stage")
+
+
+def fmt(v: float) -> str:
+    return f"{v:.2f}"
+
+
+def spread_text(s: Stat) -> str:
+    return f"[{fmt(s.min)}–{fmt(s.max)}, n={s.n}]" if s.n > 1 else ""
+
+
+def cell_text(row: Row, key: str, is_baseline: bool) -> str:
+    s = row.stats.get(key)
+    if s is None:
+        return ""
+    parts = [fmt(s.mean)]
+    delta = row.deltas.get(key)
+    if not is_baseline and delta is not None:
+        parts.append(f"({delta:+.2f})")
+    if s.n > 1:
+        parts.append(spread_text(s))
+    return " ".join(parts)
+
+
+def row_label(comp: Comparison, row: Row) -> str:
+    return row.name + (" (baseline)" if row is comp.baseline else "")
+
+
+def to_markdown(comp: Comparison) -> str:
+    metrics = comp.metrics(shown_only=True)
+    head = ["backbone", "recipe", "arch"] + [m.label for m in metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * len(metrics)]
+    for row in comp.rows:
+        cells = [row_label(comp, row), row.recipe, row.arch]
+        cells += [cell_text(row, m.key, row is comp.baseline) for m in metrics]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + f"\n\n{LEGEND}\n"
+
+
+def _num(v: float | None) -> str:
+    return "" if v is None else f"{v:.6g}"
+
+
+def to_csv(comp: Comparison) -> str:
+    """One row per backbone; for each metric: mean, delta, min, max, std, n (blank when the stage is missing)."""
+    metrics = comp.metrics()
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    head = ["name", "baseline", "recipe", "arch", "sha256", "pretrain_runs", "detect_runs", "segment_runs"]
+    for m in metrics:
+        head += [m.key, f"{m.key}_delta", f"{m.key}_min", f"{m.key}_max", f"{m.key}_std", f"{m.key}_n"]
+    w.writerow(head)
+    for row in comp.rows:
+        line = [row.name, int(row is comp.baseline), row.recipe, row.arch, row.sha256]
+        line += [";".join(str(r.path) for r in row.runs(t)) for t in ("pretrain", "detect", "segment")]
+        for m in metrics:
+            s = row.stats.get(m.key)
+            if s is None:
+                line += [""] * 6
+            else:
+                line += [_num(s.mean), _num(row.deltas.get(m.key)), _num(s.min), _num(s.max), _num(s.std), s.n]
+        w.writerow(line)
+    return out.getvalue()
+
+
+def to_dict(comp: Comparison, found: Discovery | None = None) -> dict:
+    rows = []
+    for row in comp.rows:
+        stats = {}
+        for m in comp.metrics():
+            s = row.stats.get(m.key)
+            stats[m.key] = None if s is None else {
+                "mean": s.mean, "min": s.min, "max": s.max, "std": s.std, "n": s.n, "delta": row.deltas.get(m.key)}
+        rows.append({"name": row.name, "baseline": row is comp.baseline, "recipe": row.recipe, "arch": row.arch,
+                     "sha256": row.sha256, "metrics": stats,
+                     "runs": {t: [str(r.path) for r in row.runs(t)] for t in ("pretrain", "detect", "segment")}})
+    out = {"units": "percent; delta = mean minus the baseline's mean, in percentage points",
+           "baseline": comp.baseline.name,
+           "metrics": [{"key": m.key, "label": m.label, "task": m.task} for m in comp.metrics()],
+           "rows": rows}
+    if found is not None:
+        out["unfinished"] = [{"path": str(u.path), "last_epoch": u.last_epoch, "has_checkpoint": u.has_checkpoint}
+                             for u in found.unfinished]
+        out["warnings"] = list(found.warnings)
+    return out
+
+
+def to_json(comp: Comparison, found: Discovery | None = None) -> str:
+    return json.dumps(to_dict(comp, found), indent=2) + "\n"
+
+
+def rich_table(comp: Comparison) -> Table:
+    metrics = comp.metrics(shown_only=True)
+    table = Table(title="Backbones compared (joined by the sha256 of their weights)", caption=Text(LEGEND),
+                  show_lines=True)
+    table.add_column("backbone", style="bold", no_wrap=True)
+    table.add_column("recipe", overflow="fold")
+    table.add_column("arch", no_wrap=True)
+    for m in metrics:
+        table.add_column(m.label, justify="right")
+    for row in comp.rows:
+        cells = [Text(row_label(comp, row)), Text(row.recipe), Text(row.arch)]
+        for m in metrics:
+            s = row.stats.get(m.key)
+            cell = Text()
+            if s is not None:
+                cell.append(fmt(s.mean))
+                d = row.deltas.get(m.key)
+                if row is not comp.baseline and d is not None:
+                    cell.append(f"\n({d:+.2f})", style="green" if d > 0 else "red" if d < 0 else "")
+                if s.n > 1:
+                    cell.append("\n" + spread_text(s), style="dim")
+            cells.append(cell)
+        table.add_row(*cells)
+    return table
+
+
+def unfinished_lines(found: Discovery) -> list[str]:
+    lines = []
+    for u in found.unfinished:
+        state = []
+        if u.last_epoch is not None:
+            state.append(f"last logged epoch {u.last_epoch}")
+        state.append("resumable (last.ckpt)" if u.has_checkpoint else "no checkpoint yet")
+        lines.append(f"unfinished (no summary.json): {u.path} — {', '.join(state)}")
+    return lines
+
+
+def print_terminal(comp: Comparison, found: Discovery, console: Console | None = None) -> None:
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            # Piped or redirected: rich would squeeze the table into 80 columns.
+            console = Console(width=200)
+    console.print(rich_table(comp))
+    for row in comp.rows:
+        if not row.pretrain:
+            console.print(f"note: {row.name}: no pretrain run among these paths has these weights"
+                          + (" (top-1 from the checkpoint's metadata)" if "top1" in row.stats else ""))
+    for line in unfinished_lines(found):
+        console.print(line, highlight=False)
