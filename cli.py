@@ -29,7 +29,7 @@ def main():
 # ---- pretrain -------------------------------------------------------------------------------------------------
 @main.command()
 @click.option("--data", type=click.Path(), help="ImageFolder root with train/ and val/ (default: the synthetic shapes set).")
-@click.option("--recipe", default="resnet50d", show_default=True, help="Recipe name (see `bot recipes`) or a YAML file.")
+@click.option("--recipe", help="Recipe name (see `bot recipes`) or a YAML file.  [default: resnet50d]")
 @click.option("--arch", help="resnet{18,26,34,50,101,152}{a,b,c,d}; b is timm's plain resnetN.")
 @click.option("--epochs", type=int)
 @click.option("--batch-size", type=int, help="Global batch size (split over processes).")
@@ -48,10 +48,15 @@ def main():
 def pretrain(nproc, **options):
     """Train a classification backbone with the paper's recipe."""
     from engine.launch import relaunch_with_torchrun
+    from engine.loop import Interrupted
     if nproc > 1:
         sys.exit(relaunch_with_torchrun(nproc))
     from pretrain.train import run_from_cli
-    run_from_cli(**options)
+    try:
+        run_from_cli(**options)
+    except Interrupted as e:
+        click.echo(f"interrupted: {e}; continue with --resume", err=True)
+        sys.exit(130)
 
 
 @main.command()
@@ -74,6 +79,109 @@ def compare(paths, **options):
     """Compare backbones: join pretrain runs under PATHS (default: runs/) with their fine-tune runs by weights sha256."""
     from compare.command import run_compare
     run_compare(list(paths), **options)
+
+
+# ---- segmentation ---------------------------------------------------------------------------------------------
+@main.command("finetune-seg")
+@click.option("--backbone", required=True, help="Pretrain run dir, .safetensors file, or an arch name (random init).")
+@click.option("--data", help="ade20k:PATH or folder:PATH (default: the synthetic shapes set in the ADE20K layout).")
+@click.option("--head", help="fcn (default, the paper's) or an smp decoder: deeplabv3, deeplabv3plus, fpn, unet, upernet, pspnet, ...")
+@click.option("--num-classes", type=int, help="Classes of a folder data set (ade20k: 150).")
+@click.option("--ignore-index", type=int, help="Label value that is not scored (default 255).")
+@click.option("--class-names", type=click.Path(), help="File with one class name per line.")
+@click.option("--epochs", type=int)
+@click.option("--batch-size", type=int, help="Global batch size (split over processes).")
+@click.option("--lr", type=float, help="Peak learning rate of the heads (the backbone's is x train.backbone_lr_mult).")
+@click.option("--base-size", type=int, help="Shorter side before random scaling 0.5-2.0.")
+@click.option("--crop-size", type=int, help="Training crop (and sliding-window) size.")
+@click.option("--image-size", type=int, help="Sets --base-size and --crop-size together.")
+@click.option("--norm", type=click.Choice(["bn", "frozen", "sync"]), help="Backbone BatchNorm: trained, frozen, or SyncBN under torchrun.")
+@click.option("--aux/--no-aux", default=None, help="FCN auxiliary head on stage 3.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]))
+@click.option("--device", help="cpu, cuda, cuda:N (default: cuda if available).")
+@click.option("--workers", type=int, help="DataLoader workers per process.")
+@click.option("--seed", type=int)
+@click.option("--out", type=click.Path(), help="Run directory (default: runs/segment-<head>-<backbone>).")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out.")
+@click.option("--nproc", type=int, default=1, show_default=True, help="Launch this many processes on this machine (torchrun).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other key of segmentation/defaults.yaml; repeatable.")
+def finetune_seg(nproc, image_size, **options):
+    """Fine-tune a backbone checkpoint for semantic segmentation (FCN on ADE20K by default)."""
+    from engine.launch import relaunch_with_torchrun
+    from engine.loop import Interrupted
+    if nproc > 1:
+        sys.exit(relaunch_with_torchrun(nproc))
+    from segmentation.train import run_from_cli
+    if image_size is not None:
+        options["base_size"] = options["base_size"] or image_size
+        options["crop_size"] = options["crop_size"] or image_size
+    try:
+        run_from_cli(**options)
+    except Interrupted as e:
+        click.echo(f"interrupted: {e}; continue with --resume", err=True)
+        sys.exit(130)
+
+
+@main.command("evaluate-seg")
+@click.option("--run", type=click.Path(), help="A finetune-seg run directory to score.")
+@click.option("--predictions", type=click.Path(), help="Or: a folder of predicted PNG masks (class ids 0..N-1, image stems).")
+@click.option("--data", help="ade20k:PATH or folder:PATH (default: the run's data set, or the synthetic set).")
+@click.option("--split", help="Split folder name (default: the validation split).")
+@click.option("--num-classes", type=int)
+@click.option("--ignore-index", type=int)
+@click.option("--class-names", type=click.Path())
+@click.option("--mode", type=click.Choice(["whole", "slide"]), help="Full image or sliding crop-size windows.")
+@click.option("--batch-size", type=int)
+@click.option("--device")
+@click.option("--save-predictions", type=click.Path(), help="Write the run's predicted masks here as PNGs.")
+@click.option("--json", "json_out", type=click.Path(), help="Also write the metrics to this JSON file.")
+def evaluate_seg(**options):
+    """Score a segmentation run (or predicted masks) on a split: per-class IoU table, mIoU, pixel accuracy."""
+    from segmentation.evaluate import run_from_cli
+    run_from_cli(**options)
+
+
+# ---- detection ------------------------------------------------------------------------------------------------
+@main.command("finetune-detect")
+@click.option("--backbone", help="A pretrain run dir, a .safetensors file, or an arch name (random init, with a warning).")
+@click.option("--data", help="voc:PATH (VOCdevkit), coco:PATH, or synthetic[:voc|:coco] (default: synthetic VOC layout).")
+@click.option("--train-sets", help="VOC: YEAR-SPLIT list, e.g. 2007-trainval,2012-trainval; COCO: a split, e.g. train2017.")
+@click.option("--val-set", help="VOC: e.g. 2007-test; COCO: e.g. val2017.")
+@click.option("--epochs", type=int)
+@click.option("--batch-size", type=int, help="Global batch size (split over processes).")
+@click.option("--lr", type=float, help="Learning rate (default: base_lr scaled to the batch size).")
+@click.option("--image-size", type=int, help="Short side after resizing (long side capped at 5/3 of it unless --max-size).")
+@click.option("--max-size", type=int, help="Long side cap.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]))
+@click.option("--device", help="cpu, cuda, cuda:N (default: cuda if available).")
+@click.option("--workers", type=int, help="DataLoader workers per process.")
+@click.option("--seed", type=int)
+@click.option("--out", type=click.Path(), help="Run directory (default: runs/detect-<backbone>).")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out.")
+@click.option("--nproc", type=int, default=1, show_default=True, help="Launch this many processes on this machine (torchrun).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other key of detection/defaults.yaml; repeatable.")
+def finetune_detect(nproc, **options):
+    """Fine-tune Faster R-CNN (FPN) on a backbone checkpoint; VOC07/VOC/COCO box AP."""
+    from engine.launch import relaunch_with_torchrun
+    if nproc > 1:
+        sys.exit(relaunch_with_torchrun(nproc))
+    from detection.train import run_from_cli
+    run_from_cli(**options)
+
+
+@main.command("evaluate-detect")
+@click.option("--data", help="voc:PATH, coco:PATH or synthetic[:voc|:coco] (default: synthetic VOC layout).")
+@click.option("--val-set", help="VOC: e.g. 2007-test; COCO: e.g. val2017.")
+@click.option("--detections", type=click.Path(), help="A COCO results JSON (image_id, category_id, bbox [x,y,w,h], score).")
+@click.option("--weights", type=click.Path(), help="A finetune-detect run dir (or its model.safetensors) to run instead.")
+@click.option("--device", help="cpu, cuda, cuda:N.")
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--workers", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(), help="Also write the metrics and per-class APs to this JSON file.")
+def evaluate_detect(**options):
+    """Score detections (or a finetuned detector) on a VOC or COCO split: per-class AP, VOC07/VOC/COCO means."""
+    from detection.evaluate import run_evaluate_cli
+    run_evaluate_cli(**options)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,107 @@
+"""From a `--data` spec to torch data: the split loaders, the Dataset, aspect-ratio-grouped batches and collate.
+
+Specs: `voc:PATH` (with year-split sets), `coco:PATH` (with a split name), or none for the synthetic shapes world.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from engine.distributed import EpochSampler
+from engine.errors import BotError
+
+from . import transforms as T
+from .data_coco import load_coco
+from .data_voc import load_voc
+from .records import Split
+
+
+def parse_spec(spec: str | None) -> tuple[str, str | None]:
+    if not spec:
+        return "synthetic", None
+    kind, sep, path = spec.partition(":")
+    if not sep or kind not in ("voc", "coco") or not path:
+        raise BotError(f"--data {spec!r}: expected voc:PATH or coco:PATH")
+    return kind, path
+
+
+def load_split(kind: str, root: str | Path, split: str, classes: list[str] | None = None) -> Split:
+    """One split (VOC: comma-joined year-splits), with a warning when boxes were dropped."""
+    out = load_voc(root, split, classes) if kind == "voc" else load_coco(root, split)
+    if out.dropped_boxes:
+        warnings.warn(f"{out.name}: dropped {out.dropped_boxes} box(es) with zero area or outside the image", stacklevel=2)
+    if not out.records:
+        raise BotError(f"{root}: split {split!r} has no images")
+    return out
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """Items: (image float CxHxW in [0, 1] at the training size, target dict). Training keys are (epoch, index)
+    pairs from EpochSampler; the flip of a sample is seeded from (seed, epoch, index), so resume is exact."""
+
+    def __init__(self, split: Split, train: bool, min_size: int, max_size: int, flip_p: float = 0.5, seed: int = 0):
+        self.split, self.train, self.seed = split, train, seed
+        self.transform = T.build_transform(train, min_size, max_size, flip_p)
+
+    def __len__(self) -> int:
+        return len(self.split.records)
+
+    def __getitem__(self, key):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        r = self.split.records[index]
+        try:
+            with Image.open(r.path) as im:
+                image = im.convert("RGB")
+        except OSError as e:
+            raise BotError(f"{r.path}: cannot read image ({e})") from None
+        if (image.width, image.height) != (r.width, r.height):
+            raise BotError(f"{r.path}: image is {image.width}x{image.height} but its annotation says {r.width}x{r.height}")
+        keep = ~r.ignore if self.train else np.ones(len(r.labels), bool)
+        boxes = torch.as_tensor(r.boxes[keep], dtype=torch.float32)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+            tensor, boxes = T.apply(self.transform, image, boxes)
+        target = {"boxes": boxes, "labels": torch.as_tensor(r.labels[keep] + 1, dtype=torch.int64),
+                  "image_id": r.image_id, "orig_size": (r.height, r.width), "index": index}
+        return tensor, target
+
+
+def collate(batch):
+    return [b[0] for b in batch], [b[1] for b in batch]
+
+
+class AspectBatchSampler(torch.utils.data.Sampler):
+    """Batches of images on the same side of aspect 1 (landscape with landscape), so padding stays small.
+
+    Reads the epoch order from an EpochSampler (which fit() drives with set_epoch); the epoch's batch list is a
+    function of that order only, so skipping the first `skip / batch_size` batches resumes mid-epoch exactly.
+    """
+
+    def __init__(self, sampler: EpochSampler, aspects: list[float], batch_size: int):
+        self.sampler, self.batch_size = sampler, batch_size
+        self.group = [int(a >= 1.0) for a in aspects]
+
+    def batches(self) -> list[list[int]]:
+        buckets: dict[int, list[int]] = {0: [], 1: []}
+        out = []
+        for i in self.sampler.indices():
+            b = buckets[self.group[i]]
+            b.append(i)
+            if len(b) == self.batch_size:
+                out.append(list(b))
+                b.clear()
+        rest = buckets[0] + buckets[1]  # leftovers of both groups fill the last mixed batches
+        out += [rest[k:k + self.batch_size] for k in range(0, len(rest) - self.batch_size + 1, self.batch_size)]
+        return out
+
+    def __iter__(self):
+        epoch, skip = self.sampler.epoch, self.sampler.skip // self.batch_size
+        for b in self.batches()[skip:]:
+            yield [(epoch, i) for i in b]
+
+    def __len__(self) -> int:
+        return self.sampler.per_rank // self.batch_size - self.sampler.skip // self.batch_size

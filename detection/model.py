@@ -1,0 +1,138 @@
+"""Faster R-CNN (torchvision) with an FPN on a timm ResNet feature extractor loaded from a backbone checkpoint.
+
+The backbone's BatchNorms are frozen by default (timm's FrozenBatchNorm2d, after the weights are loaded: timm
+cannot build with torchvision's frozen BN as norm_layer), or kept as BN, or made SyncBN for multi-GPU runs.
+Images are normalised with the mean/std the backbone was pretrained with, and anchor sizes follow the image size.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from engine.errors import BotError
+from engine.rundir import atomic_write_bytes
+from pretrain.weights import BackboneInfo, load_backbone, read_header
+
+STAGES = ("layer4", "layer3", "layer2", "layer1", "stem")  # trainable_stages=k unfreezes the first k of these
+NORMS = ("frozen", "bn", "syncbn")
+
+
+class BackboneFPN(nn.Module):
+    """timm features (strides 4-32) -> FPN levels "0".."3" plus a max-pooled "pool" level, as torchvision expects."""
+
+    def __init__(self, body: nn.Module, in_channels: list[int], out_channels: int):
+        super().__init__()
+        self.body = body
+        self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=LastLevelMaxPool())
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> OrderedDict:
+        feats = self.body(x)
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
+
+
+def anchor_sizes(cfg_sizes, min_size: int) -> list[int]:
+    """"auto": torchvision's (32, ..., 512) for 800-px images, scaled to this image size (at least 4 px)."""
+    if cfg_sizes in (None, "auto"):
+        return [max(4, round(s * min_size / 800)) for s in (32, 64, 128, 256, 512)]
+    sizes = [int(s) for s in cfg_sizes]
+    if len(sizes) != 5:
+        raise BotError(f"model.anchor_sizes: need 5 sizes (one per FPN level), got {sizes}")
+    return sizes
+
+
+def set_trainable(body: nn.Module, stages: int) -> None:
+    if not 0 <= stages <= len(STAGES):
+        raise BotError(f"model.trainable_stages {stages}: use 0..{len(STAGES)}")
+    trainable = set(STAGES[:stages])
+    for name, p in body.named_parameters():
+        top = name.split(".")[0]
+        stage = top if top.startswith("layer") else "stem"
+        p.requires_grad_(stage in trainable)
+
+
+def build_detector(backbone: str | Path, num_classes: int, cfg: dict, min_size: int, max_size: int,
+                   info_override: BackboneInfo | None = None) -> tuple[FasterRCNN, BackboneInfo]:
+    """Faster R-CNN for `num_classes` object classes (plus background) on the backbone from `backbone`.
+
+    cfg: the `model` block of the config. `info_override` (for rebuilding a finetuned model) supplies the mean/std.
+    """
+    norm = cfg.get("norm", "frozen")
+    if norm not in NORMS:
+        raise BotError(f"model.norm {norm!r}: use one of {', '.join(NORMS)}")
+    body, info = load_backbone(backbone, features_only=True, out_indices=(1, 2, 3, 4))
+    if info_override is not None:
+        info = info_override
+    if norm == "frozen":
+        from timm.layers import freeze_batch_norm_2d
+        body = freeze_batch_norm_2d(body)
+    set_trainable(body, int(cfg.get("trainable_stages", 3)))
+    channels = list(body.feature_info.channels())
+    sizes = anchor_sizes(cfg.get("anchor_sizes", "auto"), min_size)
+    ratios = tuple(float(r) for r in cfg.get("aspect_ratios", (0.5, 1.0, 2.0)))
+    anchors = AnchorGenerator(tuple((s,) for s in sizes), (ratios,) * len(sizes))
+    fpn_channels = int(cfg.get("fpn_channels", 256))
+    # torchvision's box head (two FC layers of 1024 on 7x7 RoIs) by default; smaller for quick CPU runs
+    rep = int(cfg.get("representation_size", 1024))
+    model = FasterRCNN(
+        BackboneFPN(body, channels, fpn_channels), box_head=TwoMLPHead(fpn_channels * 7 * 7, rep),
+        box_predictor=FastRCNNPredictor(rep, num_classes + 1),
+        box_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], 7, int(cfg.get("roi_sampling_ratio", 2))),
+        min_size=min_size, max_size=max_size, image_mean=list(info.mean), image_std=list(info.std),
+        rpn_anchor_generator=anchors,
+        rpn_pre_nms_top_n_train=cfg.get("rpn_pre_nms_top_n_train", 2000),
+        rpn_post_nms_top_n_train=cfg.get("rpn_post_nms_top_n_train", 2000),
+        rpn_pre_nms_top_n_test=cfg.get("rpn_pre_nms_top_n_test", 1000),
+        rpn_post_nms_top_n_test=cfg.get("rpn_post_nms_top_n_test", 1000),
+        rpn_batch_size_per_image=cfg.get("rpn_batch_size_per_image", 256),
+        box_batch_size_per_image=cfg.get("box_batch_size_per_image", 512),
+        box_score_thresh=cfg.get("box_score_thresh", 0.05),
+        box_detections_per_img=cfg.get("box_detections_per_img", 100))
+    if norm == "syncbn" and torch.distributed.is_available() and torch.distributed.is_initialized():
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model, info
+
+
+def save_detector(model: nn.Module, path: Path, meta: dict) -> None:
+    """Final weights as safetensors; the header carries what rebuilding needs (config, classes, backbone info)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp), metadata={"format": "bot-detector-1", **{k: json.dumps(v) for k, v in meta.items()}})
+    atomic_write_bytes(path, tmp.read_bytes())
+    tmp.unlink()
+
+
+def load_detector(source: str | Path) -> tuple[FasterRCNN, dict]:
+    """Rebuild a finetuned detector from its run dir or model.safetensors; returns (model in eval mode, meta)."""
+    p = Path(source)
+    path = p / "model.safetensors" if p.is_dir() else p
+    if not path.is_file():
+        raise BotError(f"{p}: no finetuned detector weights here (model.safetensors)")
+    raw = read_header(path).get("__metadata__") or {}
+    if raw.get("format") != "bot-detector-1":
+        raise BotError(f"{path}: not a finetune-detect weights file (no bot-detector-1 metadata)")
+    meta = {k: json.loads(v) for k, v in raw.items() if k != "format"}
+    b = meta["backbone"]
+    info = BackboneInfo(arch=b["arch"], variant=b["variant"], recipe=b["recipe"], sha256=b["sha256"], source=b["source"],
+                        top1=b.get("top1"), mean=tuple(meta["mean"]), std=tuple(meta["std"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the random init is overwritten by the finetuned weights just below
+        model, _ = build_detector(b["arch"], len(meta["classes"]), meta["model"], meta["min_size"], meta["max_size"], info)
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except Exception as e:
+        raise BotError(f"{path}: weights do not fit the detector they describe ({str(e).splitlines()[0][:160]})") from None
+    model.eval()
+    return model, meta
