@@ -1,0 +1,108 @@
+"""Segmentation metrics against hand-computed confusion matrices, and their sum over two DDP ranks."""
+import math
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from engine.distributed import DistContext
+from segmentation.metrics import ConfusionMatrix, per_class_table
+
+IGN = 255
+
+
+def test_hand_computed_matrix_with_ignore_pixels():
+    target = torch.tensor([[0, 0, 1], [1, 2, IGN]])
+    pred = torch.tensor([[0, 1, 1], [1, 0, 2]])
+    cm = ConfusionMatrix(3, IGN)
+    cm.update(pred, target)
+    # rows = truth, columns = prediction; the ignore pixel (predicted 2) is nowhere
+    assert cm.matrix.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    r = cm.compute()
+    assert r["pixel_acc"] == pytest.approx(3 / 5)
+    # IoU = TP / (GT + PRED - TP): class 0: 1/(2+2-1), class 1: 2/(2+3-2), class 2: 0/(1+0-0)
+    assert r["iou"] == pytest.approx([1 / 3, 2 / 3, 0.0])
+    assert r["miou"] == pytest.approx((1 / 3 + 2 / 3 + 0) / 3)
+    assert r["class_acc"] == pytest.approx([1 / 2, 1.0, 0.0])
+    assert r["mean_class_acc"] == pytest.approx(0.5)
+
+
+def test_absent_class_is_excluded_not_counted_as_one():
+    # 4 classes: class 3 appears nowhere; class 2 is predicted but absent from the ground truth.
+    target = torch.tensor([0, 0, 1, 1])
+    pred = torch.tensor([0, 2, 1, 1])
+    cm = ConfusionMatrix(4, IGN)
+    cm.update(pred, target)
+    r = cm.compute()
+    assert math.isnan(r["iou"][3]) and math.isnan(r["class_acc"][3])
+    assert r["iou"][2] == 0.0                       # predicted-only: present, IoU 0, counted
+    assert math.isnan(r["class_acc"][2])            # but no ground truth: no class accuracy
+    assert r["miou"] == pytest.approx((1 / 2 + 1 + 0) / 3)
+    assert r["mean_class_acc"] == pytest.approx((1 / 2 + 1) / 2)
+    table = per_class_table(r, ["a", "b", "c", "d"])
+    assert "| 3 | d | - | - | 0 | 0 |" in table
+
+
+def test_perfect_prediction():
+    target = torch.tensor([[0, 1], [1, IGN]])
+    cm = ConfusionMatrix(5, IGN)
+    cm.update(target.clone().masked_fill(target == IGN, 4), target)
+    r = cm.compute()
+    assert r["pixel_acc"] == 1.0 and r["miou"] == 1.0 and r["mean_class_acc"] == 1.0
+    assert sum(not math.isnan(v) for v in r["iou"]) == 2   # classes 2..4 absent: not averaged in
+
+
+def test_accumulates_over_batches_like_a_loop_reference():
+    rng = np.random.default_rng(0)
+    k = 6
+    cm = ConfusionMatrix(k, IGN)
+    ref = np.zeros((k, k), dtype=np.int64)
+    for _ in range(3):
+        t = rng.integers(0, k, (2, 9, 7))
+        t[rng.random(t.shape) < 0.1] = IGN
+        p = rng.integers(0, k, t.shape)
+        cm.update(torch.from_numpy(p), torch.from_numpy(t))
+        for tt, pp in zip(t.ravel(), p.ravel()):
+            if tt != IGN:
+                ref[tt, pp] += 1
+    assert cm.matrix.numpy().tolist() == ref.tolist()
+    r = cm.compute()
+    iou = [ref[c, c] / (ref[c].sum() + ref[:, c].sum() - ref[c, c]) for c in range(k)]
+    assert r["miou"] == pytest.approx(np.mean(iou))
+    assert r["pixel_acc"] == pytest.approx(np.trace(ref) / ref.sum())
+
+
+def test_rejects_labels_outside_the_classes():
+    cm = ConfusionMatrix(3, IGN)
+    with pytest.raises(ValueError, match="target label 3"):
+        cm.update(torch.tensor([0]), torch.tensor([3]))
+
+
+def _rank(rank, port, out):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    target = torch.tensor([[0, 0, 1], [1, 2, IGN]])
+    pred = torch.tensor([[0, 1, 1], [1, 0, 2]])
+    cm = ConfusionMatrix(3, IGN)
+    cm.update(pred[rank], target[rank])  # each rank sees one row
+    cm.reduce(DistContext(rank, 2, rank, torch.device("cpu")))
+    dist.destroy_process_group()
+    out.put((rank, cm.matrix.tolist()))
+
+
+def test_reduce_sums_the_matrices_of_two_ranks():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("fork")  # fork: no re-import of torch in the children, seconds instead of tens
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_rank, args=(r, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    got = dict(queue.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert got[0] == got[1] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
