@@ -81,6 +81,24 @@ def compare(paths, **options):
     run_compare(list(paths), **options)
 
 
+# ---- demo -----------------------------------------------------------------------------------------------------
+@main.command()
+@click.option("--recipes", default="baseline,resnet50d", show_default=True,
+              help="Comma-separated pretrain recipes; `+x` extends the last plain one (resnet50d,+cosine,+label-smoothing).")
+@click.option("--out", default="runs/demo", show_default=True, type=click.Path(), help="Where every run and the comparison go.")
+@click.option("--depth", type=click.Choice(["18", "26", "34", "50"]), default="18", show_default=True,
+              help="ResNet depth at demo scale (each recipe keeps its A/B/C/D variant).")
+@click.option("--teacher", type=click.Path(), help="Distillation teacher for recipes that need one.")
+@click.option("--baseline", help="Row the others are compared with (default: the first recipe).")
+@click.option("--pretrain-args", default="", help="Extra `bot pretrain` options, quoted, e.g. \"--epochs 2\".")
+@click.option("--detect-args", default="", help="Extra `bot finetune-detect` options, quoted.")
+@click.option("--segment-args", default="", help="Extra `bot finetune-seg` options, quoted.")
+def demo(depth, **options):
+    """Pretrain each recipe, fine-tune it for detection and segmentation on synthetic data, and compare (minutes on a CPU)."""
+    from compare.demo import run_demo
+    run_demo(depth=int(depth), **options)
+
+
 # ---- segmentation ---------------------------------------------------------------------------------------------
 @main.command("finetune-seg")
 @click.option("--backbone", required=True, help="Pretrain run dir, .safetensors file, or an arch name (random init).")

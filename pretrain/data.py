@@ -1,0 +1,144 @@
+"""Classification data: ImageFolder train/val splits, the paper's augmentation, and the loaders.
+
+Train (PAPER.md section 1): random-resized crop (area 8-100%, aspect 3/4-4/3), horizontal flip, colour jitter,
+PCA lighting noise, normalisation with the paper's mean/std. Validation: resize the short side to
+image_size * 256 / 224, centre crop image_size. Each training sample's augmentation is seeded from
+(seed, epoch, index), so it is the same whatever the worker count and wherever a run was resumed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+from torchvision import datasets
+from torchvision.transforms import v2
+
+from engine.distributed import DistContext, EpochSampler, ShardSampler
+from engine.errors import BotError
+
+from .weights import PAPER_MEAN, PAPER_STD
+
+# AlexNet's PCA of ImageNet RGB pixels (0-255 scale), PAPER.md section 1 step 5.
+PCA_EIGVAL = torch.tensor([55.46, 4.794, 1.148])
+PCA_EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009],
+                           [-0.5808, -0.0045, -0.8140],
+                           [-0.5836, -0.6948, 0.4203]])
+
+
+class Lighting(torch.nn.Module):
+    """AlexNet-style PCA noise: add eigvec @ (alpha * eigval) to every pixel, alpha ~ N(0, alphastd) per eigenvector.
+
+    Works on float images in [0, 1], so the 0-255 eigenvalues are divided by 255.
+    """
+
+    def __init__(self, alphastd: float, eigval: torch.Tensor = PCA_EIGVAL, eigvec: torch.Tensor = PCA_EIGVEC):
+        super().__init__()
+        self.alphastd, self.eigval, self.eigvec = alphastd, eigval / 255.0, eigvec
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        if self.alphastd == 0:
+            return img
+        alpha = torch.randn(3) * self.alphastd
+        rgb = self.eigvec @ (alpha * self.eigval)
+        return img + rgb.view(3, 1, 1)
+
+
+def val_resize(image_size: int) -> int:
+    return int(round(image_size * 256 / 224))
+
+
+def train_transform(cfg: dict, mean=PAPER_MEAN, std=PAPER_STD):
+    size = cfg["image_size"]
+    cj = cfg["color_jitter"]
+    return v2.Compose([
+        v2.RandomResizedCrop(size, scale=tuple(cfg["scale"]), ratio=tuple(cfg["ratio"]), antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.ColorJitter(brightness=cj, contrast=cj, saturation=cj),
+        v2.PILToTensor(),
+        v2.ToDtype(torch.float32, scale=True),
+        Lighting(cfg["pca_noise"]),
+        v2.Normalize(mean, std),
+    ])
+
+
+def val_transform(image_size: int, mean=PAPER_MEAN, std=PAPER_STD):
+    return v2.Compose([
+        v2.Resize(val_resize(image_size), antialias=True),
+        v2.CenterCrop(image_size),
+        v2.PILToTensor(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean, std),
+    ])
+
+
+def load_rgb(path: str) -> Image.Image:
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise BotError(f"{path}: not a readable image ({type(e).__name__}: {str(e).splitlines()[0][:100]})") from None
+
+
+def image_folder(split_dir: Path) -> datasets.ImageFolder:
+    if not split_dir.is_dir():
+        raise BotError(f"{split_dir}: split folder not found (expected <data>/train/<class>/*.jpg and <data>/val/<class>/*.jpg)")
+    try:
+        return datasets.ImageFolder(str(split_dir), loader=load_rgb)
+    except FileNotFoundError as e:
+        raise BotError(f"{split_dir}: {str(e).splitlines()[0]}") from None
+
+
+class SeededSplit(Dataset):
+    """An ImageFolder whose transform draws from a per-sample seed; indexed by (epoch, index) pairs."""
+
+    def __init__(self, folder: datasets.ImageFolder, transform, seed: int):
+        self.folder, self.transform, self.seed = folder, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, key):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        path, label = self.folder.samples[index]
+        img = self.folder.loader(path)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+            return self.transform(img), label
+
+
+@dataclass
+class ClassificationData:
+    train: SeededSplit
+    val: Dataset
+    classes: list[str]
+    root: Path
+
+
+def build_datasets(root: Path, cfg: dict, seed: int) -> ClassificationData:
+    root = Path(root)
+    if not root.is_dir():
+        raise BotError(f"{root}: data directory not found")
+    train = image_folder(root / "train")
+    val = image_folder(root / "val")
+    if train.classes != val.classes:
+        extra = sorted(set(train.classes) ^ set(val.classes))
+        raise BotError(f"{root}: train/ and val/ have different class folders ({', '.join(extra[:5])})")
+    val.transform = val_transform(cfg["image_size"])
+    return ClassificationData(SeededSplit(train, train_transform(cfg), seed), val, train.classes, root)
+
+
+def build_loaders(data: ClassificationData, ctx: DistContext, batch_per_rank: int, workers: int, seed: int):
+    on_gpu = ctx.device.type == "cuda"
+    common = dict(num_workers=workers, pin_memory=on_gpu, persistent_workers=workers > 0)
+    if workers > 0:
+        common["prefetch_factor"] = 4
+    sampler = EpochSampler(len(data.train), ctx, seed, shuffle=True, drop_last=True, batch_size=batch_per_rank)
+    if sampler.per_rank == 0:
+        raise BotError(f"{data.root / 'train'}: {len(data.train)} images are fewer than one batch of {batch_per_rank} per process")
+    train = DataLoader(data.train, batch_size=batch_per_rank, sampler=sampler, drop_last=True, **common)
+    val = DataLoader(data.val, batch_size=batch_per_rank, sampler=ShardSampler(len(data.val), ctx), **common)
+    return train, sampler, val
