@@ -1,0 +1,198 @@
+"""Segmentation data on disk: ADE20K's layout and a plain image/mask folder layout, checked file by file.
+
+- `ade20k:ROOT`  ROOT/{images,annotations}/{training,validation}/<stem>.{jpg,png}; 150 classes; stored label 0
+  ("other") is ignored and every other label k becomes class k-1 (PAPER.md section 6). Class names come from
+  ROOT/objectInfo150.csv or ROOT/classes.txt when present (the latter also sets the class count).
+- `folder:ROOT`  ROOT/images/<split>/<stem>.{jpg,jpeg,png} + ROOT/masks/<split>/<stem>.png holding class indices
+  as they are (single-channel, or a palette PNG whose indices are the classes, as in VOC); --num-classes,
+  --ignore-index and an optional class-names file (one name per line).
+Without --data the synthetic shapes world, written in the ADE20K layout, is used.
+
+Listing checks pairs, image/mask sizes and mask modes up front (header reads only); label values are checked as
+each mask is decoded. Every problem is a BotError naming the file.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from engine.errors import BotError
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+ADE_IGNORE = 255
+INDEX_MODES = ("L", "P", "I", "I;16")  # single-channel modes whose values are class indices
+
+
+@dataclass
+class SegSource:
+    layout: str                 # "ade20k" | "folder"
+    name: str                   # data set name for summary.json
+    root: Path
+    num_classes: int
+    ignore_index: int
+    class_names: list[str] = field(default_factory=list)
+    splits: tuple[str, str] = ("training", "validation")  # (train, val)
+
+    @property
+    def shift(self) -> bool:
+        """ADE20K stores 0 = other: shift labels down by one and make 0 the ignore index."""
+        return self.layout == "ade20k"
+
+    def folders(self, split: str) -> tuple[Path, Path]:
+        return self.root / "images" / split, self.root / ("annotations" if self.layout == "ade20k" else "masks") / split
+
+
+def ade20k_class_names(root: Path) -> list[str] | None:
+    info = root / "objectInfo150.csv"
+    if info.is_file():
+        with open(info, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows or "Name" not in rows[0]:
+            raise BotError(f"{info}: expected columns Idx,Ratio,Train,Val,Name")
+        return [r["Name"].split(";")[0].strip() for r in rows]
+    listed = root / "classes.txt"
+    if listed.is_file():
+        return read_class_names(listed)
+    return None
+
+
+def read_class_names(path: Path) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise BotError(f"{path}: no such class-names file")
+    names = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    if not names:
+        raise BotError(f"{path}: class-names file is empty")
+    return names
+
+
+def parse_data(spec: str | None, num_classes: int | None = None, ignore_index: int | None = None,
+               class_names_file: str | None = None, synthetic: dict | None = None) -> SegSource:
+    """`ade20k:PATH`, `folder:PATH` or None/"synthetic" (the cached shapes set in the ADE20K layout, built with
+    `synthetic` = {train, val, size} if given)."""
+    if spec in (None, "", "synthetic"):
+        from synthetic.ade20k import synthetic_ade20k
+        src = parse_data(f"ade20k:{synthetic_ade20k(**(synthetic or {}))}", num_classes, ignore_index, class_names_file)
+        src.name = "synthetic-shapes-ade20k"
+        return src
+    if ":" not in spec:
+        raise BotError(f"--data {spec!r}: expected ade20k:PATH or folder:PATH")
+    layout, path = spec.split(":", 1)
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise BotError(f"{root}: no such data folder")
+    if layout == "ade20k":
+        names = ade20k_class_names(root)
+        if class_names_file:
+            names = read_class_names(class_names_file)
+        n = num_classes or (len(names) if names else 150)
+        names = names or [f"class_{i}" for i in range(n)]
+        if len(names) != n:
+            raise BotError(f"{root}: {len(names)} class names for {n} classes")
+        return SegSource("ade20k", "ade20k", root, n, ADE_IGNORE if ignore_index is None else ignore_index, names)
+    if layout == "folder":
+        names = read_class_names(class_names_file) if class_names_file else None
+        if num_classes is None:
+            if names is None:
+                raise BotError(f"{root}: a folder data set needs --num-classes (or a class-names file)")
+            num_classes = len(names)
+        names = names or [f"class_{i}" for i in range(num_classes)]
+        if len(names) != num_classes:
+            raise BotError(f"{class_names_file}: {len(names)} class names for --num-classes {num_classes}")
+        return SegSource("folder", root.name, root, num_classes, 255 if ignore_index is None else ignore_index,
+                         names, ("train", "val"))
+    raise BotError(f"--data {spec!r}: unknown layout {layout!r} (ade20k or folder)")
+
+
+def list_pairs(source: SegSource, split: str) -> list[tuple[Path, Path]]:
+    """(image, mask) pairs of a split, matched by file stem, with sizes and mask modes checked."""
+    images_dir, masks_dir = source.folders(split)
+    for d in (images_dir, masks_dir):
+        if not d.is_dir():
+            raise BotError(f"{d}: missing split folder (expected {images_dir} and {masks_dir})")
+    images = {p.stem: p for p in sorted(images_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
+    masks = {p.stem: p for p in sorted(masks_dir.iterdir()) if p.suffix.lower() == ".png"}
+    for stem, p in images.items():
+        if stem not in masks:
+            raise BotError(f"{p}: image has no mask (expected {masks_dir / (stem + '.png')})")
+    for stem, p in masks.items():
+        if stem not in images:
+            raise BotError(f"{p}: mask has no image named {stem}.* in {images_dir}")
+    if not images:
+        raise BotError(f"{images_dir}: no images in this split")
+    pairs = [(images[s], masks[s]) for s in sorted(images)]
+    for image_path, mask_path in pairs:
+        check_pair_header(image_path, mask_path)
+    return pairs
+
+
+def open_image(path: Path) -> Image.Image:
+    try:
+        return Image.open(path)
+    except Exception as e:  # PIL raises several types for broken files
+        raise BotError(f"{path}: not a readable image ({type(e).__name__})") from None
+
+
+def check_pair_header(image_path: Path, mask_path: Path) -> None:
+    with open_image(image_path) as im, open_image(mask_path) as mk:
+        if mk.mode not in INDEX_MODES:
+            raise BotError(f"{mask_path}: mask is a {mk.mode} colour image; expected single-channel class indices "
+                           f"(convert colours to class ids first)")
+        if im.size != mk.size:
+            raise BotError(f"{mask_path}: mask size {mk.size[0]}x{mk.size[1]} differs from its image "
+                           f"{image_path.name} ({im.size[0]}x{im.size[1]})")
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """3xHxW uint8."""
+    with open_image(path) as im:
+        arr = np.asarray(im.convert("RGB"))
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def read_mask(path: Path, source: SegSource) -> torch.Tensor:
+    """HxW int64 class indices with the ignore index where unlabelled; BotError on values that are not classes."""
+    with open_image(path) as mk:
+        if mk.mode not in INDEX_MODES:
+            raise BotError(f"{path}: mask is a {mk.mode} colour image; expected single-channel class indices")
+        arr = np.asarray(mk).astype(np.int64)
+    if source.shift:
+        bad = arr > source.num_classes
+        out = np.where(arr == 0, source.ignore_index, arr - 1)
+    else:
+        bad = (arr >= source.num_classes) & (arr != source.ignore_index)
+        out = arr
+    if bad.any():
+        value = int(arr[bad].max())
+        raise BotError(f"{path}: label value {value} is not a class of {source.num_classes}"
+                       + ("" if source.shift else f" nor the ignore index {source.ignore_index}"))
+    return torch.from_numpy(out)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return (seed * 1_000_003 + epoch) * 10_000_019 + index
+
+
+class SegDataset(torch.utils.data.Dataset):
+    """Items are (image float 3xHxW normalised, mask int64 HxW, index). A key may be an index or the (epoch, index)
+    pair an EpochSampler yields; random augmentation is then seeded from (seed, epoch, index)."""
+
+    def __init__(self, pairs: list[tuple[Path, Path]], source: SegSource, transform, seed: int = 0):
+        self.pairs, self.source, self.transform, self.seed = pairs, source, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, key):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        image_path, mask_path = self.pairs[index]
+        image, mask = read_image(image_path), read_mask(mask_path, self.source)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            image, mask = self.transform(image, mask)
+        return image, mask, index
