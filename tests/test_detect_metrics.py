@@ -1,0 +1,99 @@
+"""VOC07 11-point / area AP on cases computed by hand, devkit IoU conventions, difficult handling, COCOeval."""
+import numpy as np
+import pytest
+
+from detection.metrics_coco import evaluate_coco
+from detection.metrics_voc import ap_area, ap_voc07, devkit_iou, evaluate_voc
+
+
+def gt(boxes, labels=None, difficult=None):
+    n = len(boxes)
+    return {"boxes": np.array(boxes, float).reshape(-1, 4), "labels": np.array(labels or [0] * n),
+            "difficult": np.array(difficult or [False] * n)}
+
+
+def det(image_id, score, box, label=0):
+    return {"image_id": image_id, "label": label, "score": score, "box": list(box)}
+
+
+def test_devkit_iou_counts_inclusive_pixels():
+    # devkit boxes (1,1,2,2) and (2,2,3,3): 2x2 pixels each, sharing one pixel -> 1 / (4 + 4 - 1)
+    assert devkit_iou(np.array([1, 1, 2, 2.]), np.array([[2, 2, 3, 3.]]))[0] == pytest.approx(1 / 7)
+    # disjoint boxes: 0, not negative
+    assert devkit_iou(np.array([1, 1, 2, 2.]), np.array([[5, 5, 6, 6.]]))[0] == 0
+
+
+def test_iou_of_exactly_half_is_a_match():
+    # continuous gt (0,0,10,10) and det (0,0,10,5) = devkit (1,1,10,10) and (1,1,10,5): IoU 50/100, which the
+    # devkit counts (ov >= 0.5); without the +1 widths it would be 36/81 and miss.
+    r = evaluate_voc([det("a", 0.9, (0, 0, 10, 5))], {"a": gt([(0, 0, 10, 10)])}, ["thing"])
+    assert r.ap07[0] == pytest.approx(1.0) and r.ap_area[0] == pytest.approx(1.0)
+
+
+def test_hand_computed_case():
+    # 3 positives (a: 2, b: 1) and one difficult box in b. Ranked detections:
+    #   .9 TP   .8 on the difficult box (ignored)   .7 duplicate (FP)   .6 TP   .5 background (FP)
+    # recall    1/3, 1/3, 1/3, 2/3, 2/3;  precision 1, 1, 1/2, 2/3, 1/2
+    # VOC07: t in {0,.1,.2,.3} -> 1; t in {.4,.5,.6} -> 2/3; t >= .7 -> 0  => (4 + 2) / 11
+    # area: envelope 1 on (0, 1/3], 2/3 on (1/3, 2/3], 0 after   => 1/3 + 2/9 = 5/9
+    gts = {"a": gt([(0, 0, 10, 10), (20, 20, 30, 30)]),
+           "b": gt([(0, 0, 10, 10), (40, 40, 50, 50)], difficult=[False, True])}
+    dets = [det("a", .9, (0, 0, 10, 10)), det("b", .8, (40, 40, 50, 50)), det("a", .7, (0, 0, 10, 10)),
+            det("b", .6, (0, 0, 10, 10)), det("a", .5, (60, 60, 70, 70))]
+    r = evaluate_voc(dets, gts, ["thing"])
+    assert r.npos == [3]
+    assert r.ap07[0] == pytest.approx(6 / 11)
+    assert r.ap_area[0] == pytest.approx(5 / 9)
+    assert r.map07 == pytest.approx(6 / 11) and r.map_area == pytest.approx(5 / 9)
+
+
+def test_ap_formulas_directly():
+    rec, prec = np.array([0.5, 1.0]), np.array([1.0, 0.5])
+    assert ap_voc07(rec, prec) == pytest.approx((6 * 1.0 + 5 * 0.5) / 11)
+    assert ap_area(rec, prec) == pytest.approx(0.5 * 1.0 + 0.5 * 0.5)
+
+
+def test_perfect_detections_score_one_and_none_score_zero():
+    gts = {1: gt([(0, 0, 10, 10), (30, 30, 60, 50)], labels=[0, 1]), 2: gt([(5, 5, 25, 25)], labels=[1])}
+    perfect = [det(1, .9, (0, 0, 10, 10), 0), det(1, .8, (30, 30, 60, 50), 1), det(2, .7, (5, 5, 25, 25), 1)]
+    r = evaluate_voc(perfect, gts, ["a", "b"])
+    assert r.ap07 == [pytest.approx(1.0)] * 2 and r.map07 == pytest.approx(1.0) and r.map_area == pytest.approx(1.0)
+    r0 = evaluate_voc([], gts, ["a", "b"])
+    assert r0.ap07 == [0.0, 0.0] and r0.map07 == 0.0 and r0.map_area == 0.0
+
+
+def test_difficult_objects_are_neither_positives_nor_false_positives():
+    gts = {1: gt([(0, 0, 10, 10), (20, 20, 40, 40)], labels=[0, 1], difficult=[False, True])}
+    # class b has only a difficult object: no AP, and it stays out of the mean
+    r = evaluate_voc([det(1, .9, (0, 0, 10, 10), 0), det(1, .9, (20, 20, 40, 40), 1)], gts, ["a", "b"])
+    assert r.ap07 == [pytest.approx(1.0), None] and r.npos == [1, 0] and r.map07 == pytest.approx(1.0)
+    # a hit on a difficult box of class a ranked first costs nothing
+    gts2 = {1: gt([(0, 0, 10, 10), (20, 20, 40, 40)], difficult=[False, True])}
+    r2 = evaluate_voc([det(1, .95, (20, 20, 40, 40)), det(1, .9, (0, 0, 10, 10))], gts2, ["a"])
+    assert r2.ap07[0] == pytest.approx(1.0)
+
+
+def coco_gt(boxes, crowd=None):
+    anns = [{"id": i + 1, "image_id": 1, "category_id": 5, "bbox": list(b), "area": b[2] * b[3],
+             "iscrowd": (crowd or [0] * len(boxes))[i]} for i, b in enumerate(boxes)]
+    return {"images": [{"id": 1, "width": 100, "height": 100}], "annotations": anns,
+            "categories": [{"id": 5, "name": "x"}]}
+
+
+def test_coco_ap_through_cocoeval():
+    g = coco_gt([[10, 10, 50, 50]])
+    stats, _ = evaluate_coco(g, [{"image_id": 1, "category_id": 5, "bbox": [10, 10, 50, 50], "score": .9}])
+    assert stats["coco_map"] == pytest.approx(1.0) and stats["coco_map50"] == pytest.approx(1.0)
+    # IoU = 50*40 / 50*50 = 0.8 -> a match at thresholds .5 .. .8 (7 of 10), miss at .85 .. .95
+    stats, _ = evaluate_coco(g, [{"image_id": 1, "category_id": 5, "bbox": [10, 10, 50, 40], "score": .9}])
+    assert stats["coco_map50"] == pytest.approx(1.0) and stats["coco_map75"] == pytest.approx(1.0)
+    assert stats["coco_map"] == pytest.approx(0.7)
+    stats, _ = evaluate_coco(g, [])
+    assert stats["coco_map"] == 0.0
+
+
+def test_coco_crowd_ground_truth_is_ignored():
+    g = coco_gt([[10, 10, 50, 50], [70, 70, 20, 20]], crowd=[0, 1])
+    stats, _ = evaluate_coco(g, [{"image_id": 1, "category_id": 5, "bbox": [10, 10, 50, 50], "score": .9},
+                                 {"image_id": 1, "category_id": 5, "bbox": [70, 70, 20, 20], "score": .95}])
+    assert stats["coco_map"] == pytest.approx(1.0)
