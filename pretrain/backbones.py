@@ -123,11 +123,14 @@ def last_block_norms(model: nn.Module) -> list[nn.Module]:
 
 @torch.no_grad()
 def count_macs(model: nn.Module, image_size: int = 224) -> float:
-    """Multiply-adds of one forward pass at image_size x image_size (FlopCounterMode counts 2 FLOPs per MAC)."""
+    """Multiply-adds of one forward pass at image_size x image_size (FlopCounterMode counts 2 FLOPs per MAC).
+
+    Works on a model built under `torch.device("meta")` too, which costs no memory or compute.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     model.eval()
     counter = FlopCounterMode(display=False)
     with counter:
-        model(torch.zeros(1, 3, image_size, image_size))
+        model(torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device))
     return counter.get_total_flops() / 2

@@ -1,0 +1,198 @@
+"""End-to-end pretrain runs at toy scale: the run directory contract, the checkpoint in timm, exact resume,
+non-finite loss, torchrun with two CPU processes, and bad input turned into one line with exit code 2."""
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import yaml
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+import pretrain.train as pt
+from cli import main
+from engine.errors import BotError
+from engine.loop import Interrupted
+from engine.rundir import SUMMARY_KEYS, sha256_file
+from pretrain.backbones import create_backbone
+from pretrain.weights import load_backbone, save_classifier
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_cfg(data, **train):
+    sets = ["optim.batch_size=16", "data.workers=0", "train.log_every=1", "schedule.epochs=2",
+            "schedule.warmup_epochs=1", "schedule.kind=cosine", "data.image_size=32"]
+    cfg = pt.resolve_config("resnet50d", sets, data=str(data), arch="resnet18d", precision="fp32", device="cpu")
+    cfg["train"].update(train)
+    return cfg
+
+
+def test_run_directory_contract_and_timm_loading(tiny_imagefolder, tmp_path):
+    out = pt.train(tiny_cfg(tiny_imagefolder), tmp_path / "run")
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(SUMMARY_KEYS) <= set(summary)
+    assert summary["task"] == "pretrain" and 0 <= summary["metrics"]["top1"] <= summary["metrics"]["top5"] <= 1
+    assert summary["backbone"]["sha256"] == sha256_file(out / "model.safetensors")
+    assert summary["dataset"]["splits"] == {"train": 80, "val": 40}
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["model"]["arch"] == "resnet18d" and config["optim"]["batch_size"] == 16
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "top1" in r] == [5, 10]
+    assert records[0]["lr"] == 0.0  # warmup starts from 0
+    # The checkpoint is a timm classifier with metadata, and timm loads it to the same logits.
+    weights = out / "model.safetensors"
+    ours, info = load_backbone(out)
+    assert info.arch == "resnet18d" and info.num_classes == 10 and info.top1 == pytest.approx(summary["metrics"]["top1"])
+    theirs = timm.create_model("resnet18d", pretrained=True, num_classes=10,
+                               pretrained_cfg_overlay=dict(file=str(weights), num_classes=10))
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(ours.eval()(x), theirs.eval()(x))
+    # The downstream loader gives a dilated feature extractor from the same file.
+    feats, finfo = load_backbone(weights, features_only=True, out_indices=(2, 3, 4), output_stride=8)
+    assert [f.shape[-1] for f in feats(torch.randn(1, 3, 64, 64))] == [8, 8, 8] and finfo.channels == [128, 256, 512]
+    assert finfo.sha256 == summary["backbone"]["sha256"]
+
+
+def test_resume_after_interrupt_reaches_the_same_weights(tiny_imagefolder, tmp_path, monkeypatch):
+    cfg = tiny_cfg(tiny_imagefolder, mixup_alpha=0.2, label_smoothing=0.1)
+    straight = pt.train(cfg, tmp_path / "straight")
+
+    def interrupt_at_step_7(pos):
+        if pos.step == 7:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    real_fit = pt.fit
+    monkeypatch.setattr(pt, "fit", functools.partial(real_fit, on_step=interrupt_at_step_7))
+    cfg2 = tiny_cfg(tiny_imagefolder, mixup_alpha=0.2, label_smoothing=0.1)
+    cfg2["data"]["workers"] = 2  # per-sample seeding: the worker count must not change the result
+    with pytest.raises(Interrupted):
+        pt.train(cfg2, tmp_path / "resumed")
+    state = torch.load(tmp_path / "resumed" / "last.ckpt", weights_only=True)
+    assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (1, 2, 7)
+    assert not (tmp_path / "resumed" / "summary.json").exists()
+    monkeypatch.setattr(pt, "fit", real_fit)
+    pt.train(cfg2, tmp_path / "resumed", resume=True)
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and len(steps) == len(set(steps)) + 2  # per-batch records plus two epoch records
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tiny_imagefolder, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = pt.soft_cross_entropy
+
+    def poisoned(logits, target):
+        calls["n"] += 1
+        loss = real(logits, target)
+        return loss * float("nan") if calls["n"] == 7 else loss
+
+    monkeypatch.setattr(pt, "soft_cross_entropy", poisoned)
+    with pytest.raises(BotError, match=r"loss is nan at step 6 \(epoch 2\)"):
+        pt.train(tiny_cfg(tiny_imagefolder), tmp_path / "nan")
+    state = torch.load(tmp_path / "nan" / "last.ckpt", weights_only=True)
+    assert state["epoch"] == 1 and state["step"] == 5
+    assert not (tmp_path / "nan" / "summary.json").exists() and not (tmp_path / "nan" / "model.safetensors").exists()
+
+
+def test_distillation_run_with_teacher_file(tiny_imagefolder, tmp_path):
+    teacher = create_backbone("resnet18a", num_classes=10)
+    save_classifier(teacher, tmp_path / "teacher.safetensors", arch="resnet18a", num_classes=10, recipe="t", top1=None)
+    cfg = tiny_cfg(tiny_imagefolder, teacher=str(tmp_path / "teacher.safetensors"))
+    cfg["schedule"]["epochs"] = 1
+    out = pt.train(cfg, tmp_path / "student")
+    assert json.loads((out / "summary.json").read_text())["task"] == "pretrain"
+    wrong = create_backbone("resnet18a", num_classes=7)
+    save_classifier(wrong, tmp_path / "t7.safetensors", arch="resnet18a", num_classes=7, recipe="t", top1=None)
+    with pytest.raises(BotError, match="teacher has 7 classes"):
+        pt.train(tiny_cfg(tiny_imagefolder, teacher=str(tmp_path / "t7.safetensors")), tmp_path / "s2")
+
+
+def _cli(args):
+    result = CliRunner().invoke(main, args)
+    return result.exit_code, result.output  # click >= 8.2: stdout and stderr interleaved
+
+
+def test_cli_prints_top1(tiny_imagefolder, tmp_path):
+    code, out = _cli(["pretrain", "--data", str(tiny_imagefolder), "--arch", "resnet18c", "--epochs", "1",
+                      "--batch-size", "16", "--image-size", "32", "--workers", "0", "--device", "cpu",
+                      "--out", str(tmp_path / "r")])
+    assert code == 0, out
+    assert "top-1" in out
+    code, out = _cli(["pretrain", "--data", str(tiny_imagefolder), "--out", str(tmp_path / "r")])
+    assert code == 2 and "holds a finished run" in out
+
+
+def _bad_imagefolder(tmp_path, kind):
+    from synthetic.imagefolder import write_imagefolder
+    root = tmp_path / kind
+    write_imagefolder(root, {"train": 2, "val": 1}, size=32, seed=0)
+    if kind == "empty-class":
+        for f in (root / "train" / "star").iterdir():
+            f.unlink()
+    elif kind == "corrupt":
+        (root / "train" / "star" / "zz_corrupt.png").write_bytes(b"\x89PNG garbage")
+    elif kind == "no-val":
+        import shutil
+        shutil.rmtree(root / "val")
+    return root
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("missing", "data directory not found"),
+    ("no-val", "val: split folder not found"),
+    ("empty-class", "star"),
+    ("corrupt", "zz_corrupt.png: not a readable image"),
+])
+def test_bad_data_is_one_line_exit_2(tmp_path, kind, message):
+    root = tmp_path / "nowhere" if kind == "missing" else _bad_imagefolder(tmp_path, kind)
+    code, out = _cli(["pretrain", "--data", str(root), "--arch", "resnet18d", "--epochs", "1", "--batch-size", "4",
+                      "--image-size", "32", "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "run")])
+    assert code == 2, out
+    assert message in out and "Traceback" not in out
+    assert len([ln for ln in out.splitlines() if ln.startswith("error:")]) == 1
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_bad_options_are_one_line_exit_2(tiny_imagefolder, tmp_path):
+    not_st = tmp_path / "weights.pt"
+    not_st.write_bytes(b"PK\x03\x04 a pickle zip")
+    other = tmp_path / "r50.safetensors"
+    save_classifier(create_backbone("resnet26d", num_classes=10), other, arch="resnet26d", num_classes=10, recipe="x", top1=None)
+    base = ["pretrain", "--data", str(tiny_imagefolder), "--arch", "resnet18d", "--epochs", "1", "--batch-size", "16",
+            "--image-size", "32", "--workers", "0", "--device", "cpu"]
+    cases = [
+        (base + ["--init", str(not_st)], "weights.pt: not a safetensors file"),
+        (base + ["--init", str(other)], "r50.safetensors: checkpoint holds resnet26d, but resnet18d was asked for"),
+        (["pretrain", "--out", str(tmp_path / "never"), "--resume"], "no run to resume"),
+        (base + ["--set", "optim.lerning_rate=0.1"], "unknown key 'optim.lerning_rate'"),
+        (base + ["--recipe", "resnet50z"], "unknown recipe 'resnet50z': choose one of baseline, efficient"),
+        (base + ["--recipe", "resnet50d-distill"], "distils from a teacher: give --teacher"),
+        (base + ["--arch", "resnet51d"], "unknown arch 'resnet51d'"),
+    ]
+    for args, message in cases:
+        code, out = _cli(args + ["--out", str(tmp_path / "x")])
+        assert code == 2 and message in out and "Traceback" not in out, (args, out)
+
+
+def test_torchrun_two_cpu_processes(tiny_imagefolder, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cli", "pretrain",
+           "--data", str(tiny_imagefolder), "--arch", "resnet18d", "--epochs", "1", "--batch-size", "16",
+           "--image-size", "32", "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "ddp")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    # 80 images, 2 ranks x 8 per batch: 5 steps; every one of the 40 val images counted once.
+    records = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 5
+    assert round(summary["metrics"]["top1"] * 40) == pytest.approx(summary["metrics"]["top1"] * 40, abs=1e-6)
