@@ -181,10 +181,15 @@ def evaluate_seg(**options):
 def finetune_detect(nproc, **options):
     """Fine-tune Faster R-CNN (FPN) on a backbone checkpoint; VOC07/VOC/COCO box AP."""
     from engine.launch import relaunch_with_torchrun
+    from engine.loop import Interrupted
     if nproc > 1:
         sys.exit(relaunch_with_torchrun(nproc))
     from detection.train import run_from_cli
-    run_from_cli(**options)
+    try:
+        run_from_cli(**options)
+    except Interrupted as e:
+        click.echo(f"interrupted: {e}; continue with --resume", err=True)
+        sys.exit(130)
 
 
 @main.command("evaluate-detect")
