@@ -75,3 +75,17 @@ def test_frozen_norm_and_lr_mult(ckpt):
 def test_unknown_head_is_refused(ckpt):
     with pytest.raises(BotError, match="--head"):
         build_model(str(ckpt), "segformer2", 3)
+
+
+def test_sliding_window_stitches_a_pointwise_model_exactly():
+    from segmentation.evaluate import predict_logits
+
+    def pointwise(x):  # a per-pixel model: any correct tiling must give back the whole-image logits
+        return {"out": torch.cat([x[:, :1] * 2, x[:, 1:2] - x[:, 2:3]], 1)}
+
+    images = torch.randn(2, 3, 70, 45)
+    whole = predict_logits(pointwise, images, "whole")
+    for window in (16, 32, 100):
+        torch.testing.assert_close(predict_logits(pointwise, images, "slide", window=window, overlap=1 / 3), whole)
+    with pytest.raises(BotError, match="eval.mode"):
+        predict_logits(pointwise, images, "tiles")
