@@ -107,14 +107,17 @@ def evaluate_voc(detections: list[dict], ground_truth: dict, classes: list[str],
     per_class_dets: list[list] = [[] for _ in classes]
     for d in detections:
         per_class_dets[d["label"]].append((d["image_id"], d["score"], to_devkit(d["box"])))
+    per_class_gts: list[dict] = [{} for _ in classes]  # only images holding the class: elsewhere a detection is an FP
+    for image_id, g in ground_truth.items():
+        labels = np.asarray(g["labels"]).reshape(-1)
+        boxes = np.asarray(g["boxes"], np.float64).reshape(-1, 4)
+        devkit = np.concatenate([boxes[:, :2] + 1.0, boxes[:, 2:]], axis=1)
+        for c in np.unique(labels):
+            sel = labels == c
+            per_class_gts[int(c)][image_id] = (devkit[sel], np.asarray(g["difficult"], bool).reshape(-1)[sel])
     ap07, apa, npos_list = [], [], []
     for c in range(len(classes)):
-        gts = {}
-        for image_id, g in ground_truth.items():
-            sel = np.asarray(g["labels"]) == c
-            boxes = np.asarray(g["boxes"], np.float64).reshape(-1, 4)[sel]
-            gts[image_id] = (np.array([to_devkit(b) for b in boxes]).reshape(-1, 4), np.asarray(g["difficult"], bool)[sel])
-        rec, prec, npos = precision_recall(per_class_dets[c], gts, iou_thresh)
+        rec, prec, npos = precision_recall(per_class_dets[c], per_class_gts[c], iou_thresh)
         npos_list.append(npos)
         ap07.append(ap_voc07(rec, prec) if npos else None)
         apa.append(ap_area(rec, prec) if npos else None)

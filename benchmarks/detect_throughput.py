@@ -1,0 +1,117 @@
+"""Detection throughput on this machine: Faster R-CNN training and inference images/s for resnet18d and resnet50d
+backbones at a stated image size, and the time of our VOC metric code on N synthetic detections next to
+pycocotools' COCOeval on the same detections. Run by hand: `python benchmarks/detect_throughput.py`.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from detection.metrics_coco import evaluate_coco
+from detection.metrics_voc import evaluate_voc
+from detection.model import build_detector
+from detection.train import HERE
+from engine.config import load_yaml
+
+
+def model_config(profile: str) -> dict:
+    cfg = load_yaml(HERE / "defaults.yaml")["model"]
+    if profile == "synthetic":
+        cfg.update(load_yaml(HERE / "synthetic.yaml")["model"])
+    return cfg
+
+
+def throughput(arch: str, size: int, batch: int, steps: int, profile: str) -> tuple[float, float]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, _ = build_detector(arch, 20, model_config(profile), size, round(size * 5 / 3))
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, size, round(size * 4 / 3), generator=g) for _ in range(batch)]
+    targets = [{"boxes": torch.tensor([[10., 10., size / 2, size / 2], [size / 3, size / 4, size - 5, size - 5]]),
+                "labels": torch.tensor([1, 7])} for _ in range(batch)]
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+    model.train()
+
+    def step():
+        loss = sum(model(images, targets).values())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    step()  # warm-up
+    tic = time.perf_counter()
+    for _ in range(steps):
+        step()
+    train_ips = steps * batch / (time.perf_counter() - tic)
+    model.eval()
+    with torch.no_grad():
+        model(images)
+        tic = time.perf_counter()
+        for _ in range(steps):
+            model(images)
+    return train_ips, steps * batch / (time.perf_counter() - tic)
+
+
+def metric_timing(n_dets: int, n_images: int, n_classes: int = 20, seed: int = 0) -> tuple[float, float, dict, dict]:
+    rng = np.random.default_rng(seed)
+    gt, coco = {}, {"images": [], "annotations": [], "categories": [{"id": c + 1, "name": str(c)} for c in range(n_classes)]}
+    for i in range(n_images):
+        k = int(rng.integers(1, 6))
+        xy = rng.uniform(0, 300, (k, 2))
+        wh = rng.uniform(10, 200, (k, 2))
+        boxes = np.concatenate([xy, xy + wh], 1)
+        labels = rng.integers(0, n_classes, k)
+        gt[i] = {"boxes": boxes, "labels": labels, "difficult": rng.random(k) < 0.05}
+        coco["images"].append({"id": i, "width": 500, "height": 500})
+        for b, lab, d in zip(boxes, labels, gt[i]["difficult"]):
+            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": i, "category_id": int(lab) + 1,
+                                        "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "area": float((b[2] - b[0]) * (b[3] - b[1])),
+                                        "iscrowd": int(d)})
+    dets = []
+    for _ in range(n_dets):
+        i = int(rng.integers(n_images))
+        g = gt[i]
+        j = int(rng.integers(len(g["labels"])))
+        box = g["boxes"][j] + rng.normal(0, 8, 4)
+        dets.append({"image_id": i, "label": int(g["labels"][j]) if rng.random() < 0.8 else int(rng.integers(n_classes)),
+                     "score": float(rng.random()), "box": [float(v) for v in box]})
+    tic = time.perf_counter()
+    voc = evaluate_voc(dets, gt, [str(c) for c in range(n_classes)])
+    voc_s = time.perf_counter() - tic
+    results = [{"image_id": d["image_id"], "category_id": d["label"] + 1, "score": d["score"],
+                "bbox": [d["box"][0], d["box"][1], d["box"][2] - d["box"][0], d["box"][3] - d["box"][1]]} for d in dets]
+    tic = time.perf_counter()
+    stats, _ = evaluate_coco(coco, results)
+    coco_s = time.perf_counter() - tic
+    return voc_s, coco_s, {"voc07": voc.map07, "voc_area": voc.map_area}, stats
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--archs", default="resnet18d,resnet50d")
+    ap.add_argument("--image-size", type=int, default=224, help="short side (long side 4/3 of it)")
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--profile", choices=["paper", "synthetic"], default="paper",
+                    help="model head: defaults.yaml (paper) or the small synthetic.yaml one")
+    ap.add_argument("--detections", type=int, default=10_000)
+    ap.add_argument("--skip-models", action="store_true")
+    a = ap.parse_args()
+    print(f"torch threads {torch.get_num_threads()}, device cpu, image {a.image_size}x{round(a.image_size * 4 / 3)}, "
+          f"batch {a.batch_size}, head {a.profile}")
+    if not a.skip_models:
+        for arch in a.archs.split(","):
+            tr, ev = throughput(arch, a.image_size, a.batch_size, a.steps, a.profile)
+            print(f"{arch:10s} train {tr:7.2f} img/s   eval {ev:7.2f} img/s")
+    voc_s, coco_s, voc, coco = metric_timing(a.detections, n_images=a.detections // 5)
+    print(f"metrics on {a.detections} detections / {a.detections // 5} images: VOC07+area AP (ours) {voc_s:.2f} s, "
+          f"COCOeval {coco_s:.2f} s   (VOC07 mAP {voc['voc07']:.3f}, area {voc['voc_area']:.3f}, "
+          f"COCO AP50 {coco['coco_map50']:.3f})")
+
+
+if __name__ == "__main__":
+    main()
