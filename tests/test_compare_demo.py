@@ -1,0 +1,134 @@
+"""`bot demo`: the plan (recipes, demo arch, per-stage args), skip/resume on re-runs and failures with a fake
+stage runner, then the real flow at toy scale (tiny data, 1 epoch, 32 px) through `python -m cli` subprocesses."""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from compare.demo import plan, resolve_recipes, run_demo
+from compare_fixtures import make_run
+from engine.errors import BotError
+
+
+def test_resolve_recipes():
+    assert resolve_recipes("baseline,resnet50d,+cosine,+label-smoothing,+mixup") == [
+        "baseline", "resnet50d", "resnet50d-cosine", "resnet50d-ls", "resnet50d-mixup"]
+    with pytest.raises(BotError, match="unknown recipe 'resnet50d-nope'"):
+        resolve_recipes("resnet50d,+nope")
+    with pytest.raises(BotError, match="needs a recipe before it"):
+        resolve_recipes("+cosine")
+
+
+def test_plan_keeps_each_recipes_variant(tmp_path):
+    steps = plan(["baseline", "resnet50d"], tmp_path, extra={"pretrain": ["--epochs", "1"]})
+    assert [(s.stage, s.recipe) for s in steps] == [
+        ("pretrain", "baseline"), ("finetune-detect", "baseline"), ("finetune-seg", "baseline"),
+        ("pretrain", "resnet50d"), ("finetune-detect", "resnet50d"), ("finetune-seg", "resnet50d")]
+    pre = steps[0].argv(resume=False)
+    assert pre[:4] == [sys.executable, "-m", "cli", "pretrain"]
+    assert pre[pre.index("--arch") + 1] == "resnet18a"             # baseline is ResNet-50-A in the paper
+    assert steps[3].args[steps[3].args.index("--arch") + 1] == "resnet18d"
+    assert pre[-4:] == ["--epochs", "1", "--out", str(tmp_path / "pretrain" / "baseline")]   # extra args last
+    assert steps[1].args[:2] == ["--backbone", str(tmp_path / "pretrain" / "baseline")]
+    assert steps[0].argv(resume=True)[4:] == ["--out", str(tmp_path / "pretrain" / "baseline"), "--resume"]
+    with pytest.raises(BotError, match="teacher"):
+        plan(["resnet50d-distill"], tmp_path)
+
+
+class FakeStages:
+    """Stands in for the stage subprocesses: writes the summary a stage would, from made-up but fixed numbers."""
+
+    def __init__(self, fail_on=None):
+        self.calls, self.fail_on = [], fail_on
+
+    def __call__(self, argv):
+        self.calls.append(argv[3:])
+        stage, out = argv[3], argv[argv.index("--out") + 1]
+        if self.fail_on and self.fail_on in out:
+            return 1
+        if stage == "pretrain":
+            sha = hashlib.sha256(out.encode()).hexdigest()
+            top1 = 0.5 if "baseline" in out else 0.6
+            make_run(out, "pretrain", {"top1": top1, "top5": 0.9}, sha=sha, recipe=out.rsplit("/", 1)[1])
+        else:
+            backbone = argv[argv.index("--backbone") + 1]
+            pre = json.loads(open(f"{backbone}/summary.json").read())
+            good = "baseline" not in backbone
+            metrics = ({"voc07_map50": 0.3 + 0.1 * good, "coco_map": 0.1} if stage == "finetune-detect"
+                       else {"miou": 0.2 + 0.05 * good, "pixel_acc": 0.7})
+            make_run(out, "detect" if stage == "finetune-detect" else "segment", metrics, sha=pre["backbone"]["sha256"])
+        return 0
+
+
+def test_demo_runs_skips_and_resumes(tmp_path):
+    out = tmp_path / "demo"
+    fake = FakeStages()
+    run_demo(out=out, runner=fake)
+    assert [c[0] for c in fake.calls] == ["pretrain", "finetune-detect", "finetune-seg"] * 2
+    rows = {r["name"]: r for r in json.loads((out / "compare.json").read_text())["rows"]}
+    assert list(rows) == ["baseline", "resnet50d"]
+    assert rows["resnet50d"]["metrics"]["voc07_map50"]["delta"] == pytest.approx(10.0)
+    assert rows["resnet50d"]["metrics"]["miou"]["delta"] == pytest.approx(5.0)
+    assert rows["resnet50d"]["metrics"]["top1"]["delta"] == pytest.approx(10.0)
+    assert (out / "compare.png").stat().st_size > 10_000 and (out / "compare.md").exists()
+
+    fake.calls.clear()
+    run_demo(out=out, runner=fake)                     # everything finished: nothing runs
+    assert fake.calls == []
+
+    seg = out / "segment" / "resnet50d"
+    (seg / "summary.json").unlink()
+    (seg / "last.ckpt").write_bytes(b"state")           # interrupted after an epoch
+    run_demo(out=out, runner=fake)
+    assert fake.calls == [["finetune-seg", "--backbone", str(out / "pretrain" / "resnet50d"), "--out", str(seg), "--resume"]]
+
+
+def test_demo_failure_names_the_run(tmp_path):
+    fake = FakeStages(fail_on="detect/baseline")
+    with pytest.raises(BotError, match=r"detect/baseline: `bot finetune-detect` failed \(exit code 1\)"):
+        run_demo(out=tmp_path, runner=fake)
+    assert len(fake.calls) == 2 and not (tmp_path / "compare.json").exists()
+
+
+def test_demo_cli_bad_recipe(tmp_path):
+    result = CliRunner().invoke(main, ["demo", "--recipes", "nope", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "unknown recipe 'nope'" in result.stderr
+
+
+def test_demo_toy_scale_end_to_end(tmp_path, monkeypatch):
+    """The real stages, each in its own process, at toy scale (one recipe, to keep it to seconds; the fake runner
+    above covers several): the table joins what they wrote, and a second run finds everything finished."""
+    from synthetic.imagefolder import write_imagefolder
+    cls_root = tmp_path / "cls"
+    write_imagefolder(cls_root, {"train": 2, "val": 1}, size=32, seed=0)
+    monkeypatch.setenv("BOT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    args = [
+        "demo", "--recipes", "resnet50d", "--out", str(out),
+        "--pretrain-args", f"--data {cls_root} --epochs 1 --image-size 32 --batch-size 10 --workers 0 --device cpu",
+        "--detect-args", "--epochs 1 --image-size 64 --batch-size 4 --device cpu "
+                         "--set data.synthetic.n_train=8 --set data.synthetic.n_test=4 --set data.synthetic.size=64",
+        "--segment-args", "--epochs 1 --image-size 32 --batch-size 4 --device cpu "
+                          "--set data.synthetic_train=8 --set data.synthetic_val=4 --set data.synthetic_size=32"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "compare.json").read_text())
+    rows = {r["name"]: r for r in data["rows"]}
+    assert list(rows) == ["resnet50d"] and data["baseline"] == "resnet50d"
+    row = rows["resnet50d"]
+    assert row["arch"] == "resnet18d"
+    for key in ("top1", "voc07_map50", "miou", "pixel_acc"):
+        stat = row["metrics"][key]
+        assert stat["n"] == 1 and 0 <= stat["mean"] <= 100
+    pre = json.loads((out / "pretrain" / "resnet50d" / "summary.json").read_text())
+    seg = json.loads((out / "segment" / "resnet50d" / "summary.json").read_text())
+    assert row["sha256"] == pre["backbone"]["sha256"] == seg["backbone"]["sha256"] != ""
+    assert row["metrics"]["miou"]["mean"] == pytest.approx(seg["metrics"]["miou"] * 100)
+    assert (out / "compare.png").stat().st_size > 10_000
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and again.stderr.count("skipped") == 3
