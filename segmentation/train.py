@@ -132,7 +132,9 @@ def _finetune(cfg: dict, out: Path, resume: bool, ctx, wall: float, on_step) -> 
     d["num_classes"], d["ignore_index"] = source.num_classes, source.ignore_index
 
     model, info = build_model(m["backbone"], m["head"], source.num_classes, aux=m["aux"], output_stride=m["output_stride"],
-                              norm=m["norm"], distributed=ctx.distributed)
+                              norm=m["norm"],
+                              # torch's SyncBatchNorm runs on GPUs only; on CPU ranks "sync" stays per-rank BN
+                              distributed=ctx.distributed and ctx.device.type == "cuda")
     m["arch"], m["normalize"] = info.arch, {"mean": list(info.mean), "std": list(info.std)}
     model.to(ctx.device)
     per_rank = t["batch_size"] // ctx.world_size
