@@ -16,6 +16,7 @@ from engine.errors import BotError  # noqa: E402
 from engine.rundir import atomic_write_bytes  # noqa: E402
 
 from .join import Comparison  # noqa: E402
+from .render import row_label  # noqa: E402
 
 
 def transfer_metrics(comp: Comparison):
@@ -25,26 +26,41 @@ def transfer_metrics(comp: Comparison):
 def scatter(ax, comp: Comparison, metric) -> None:
     base = comp.baseline
     points = [(r, r.stats["top1"], r.stats[metric.key]) for r in comp.rows if "top1" in r.stats and metric.key in r.stats]
+    labels: dict[tuple, list[str]] = {}     # backbones on the same spot share one label instead of overprinting
     for row, x, y in points:
         is_base = row is base
         yerr = [[y.mean - y.min], [y.max - y.mean]] if y.n > 1 else None
         xerr = [[x.mean - x.min], [x.max - x.mean]] if x.n > 1 else None
         ax.errorbar(x.mean, y.mean, xerr=xerr, yerr=yerr, fmt="*" if is_base else "o",
-                    ms=14 if is_base else 7, color="tab:red" if is_base else "tab:blue",
-                    ecolor="0.6", capsize=3, zorder=3)
-        label = row.name + (" (baseline)" if is_base else "") + (f"  n={y.n}" if y.n > 1 else "")
-        ax.annotate(label, (x.mean, y.mean), textcoords="offset points", xytext=(6, 5), fontsize=8)
+                    ms=16 if is_base else 7, color="tab:red" if is_base else "tab:blue",
+                    ecolor="0.6", capsize=3, zorder=4 if is_base else 3)
+        spot = (round(x.mean, 2), round(y.mean, 2))
+        labels.setdefault(spot, []).append(row_label(comp, row) + (f" n={y.n}" if y.n > 1 else ""))
+    for (x, y), names in labels.items():
+        ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
     if not points:
         ax.text(0.5, 0.5, "no backbone has both\ntop-1 and this metric", ha="center", va="center",
                 transform=ax.transAxes, color="0.4")
+    else:
+        widen(ax.set_xlim, [p[1].min for p in points] + [p[1].max for p in points], right=0.6)  # labels go right
+        widen(ax.set_ylim, [p[2].min for p in points] + [p[2].max for p in points])
     if "top1" in base.stats and metric.key in base.stats:
         ax.axvline(base.stats["top1"].mean, color="tab:red", lw=0.8, ls=":")
         ax.axhline(base.stats[metric.key].mean, color="tab:red", lw=0.8, ls=":")
+    ax.ticklabel_format(useOffset=False, style="plain")
     ax.set_xlabel("pretrain top-1 accuracy (%)")
     ax.set_ylabel(f"{metric.label} (%)")
     ax.set_title(f"{metric.label} vs top-1")
     ax.grid(alpha=0.3)
-    ax.margins(0.25)
+
+
+def widen(set_lim, values: list[float], min_span: float = 1.0, right: float = 0.25) -> None:
+    """Axis limits around the points with room for labels; at least `min_span` points wide, so that equal values
+    do not blow tiny float differences up to a whole axis."""
+    lo, hi = min(values), max(values)
+    span = max(hi - lo, min_span)
+    mid = (lo + hi) / 2
+    set_lim(mid - span * 0.75, mid + span * (0.5 + right))
 
 
 def delta_bars(ax, comp: Comparison) -> None:

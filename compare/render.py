@@ -43,7 +43,9 @@ def cell_text(row: Row, key: str, is_baseline: bool) -> str:
 
 
 def row_label(comp: Comparison, row: Row) -> str:
-    return row.name + (" (baseline)" if row is comp.baseline else "")
+    if row is not comp.baseline or row.name == "baseline":
+        return row.name
+    return f"{row.name} (baseline)"
 
 
 def to_markdown(comp: Comparison) -> str:
