@@ -49,7 +49,7 @@ def resolve_data(spec, train_sets, val_set, synthetic: dict | None) -> tuple[str
         layout = path or "voc"
         if layout not in ("voc", "coco"):
             raise BotError(f"--data {spec!r}: the synthetic set comes as synthetic:voc or synthetic:coco")
-        p = dict({"n_train": 400, "n_test": 150, "size": 128, "seed": 0}, **(synthetic or {}))
+        p = dict(load_yaml(HERE / "defaults.yaml")["data"]["synthetic"], **(synthetic or {}))
         if layout == "voc":
             from synthetic.voc import synthetic_voc
             root = synthetic_voc(n_train=p["n_train"], n_test=p["n_test"], size=p["size"], seed=p["seed"])

@@ -38,7 +38,7 @@ def write_coco(root: Path, n: dict[str, int], size: int, seed: int) -> None:
             json.dumps({"images": images, "annotations": anns, "categories": categories}))
 
 
-def synthetic_coco(n_train: int = 400, n_val: int = 150, size: int = 128, seed: int = 0) -> Path:
+def synthetic_coco(n_train: int = 240, n_val: int = 100, size: int = 96, seed: int = 0) -> Path:
     """Build (once) and return the cached COCO root."""
     n = {"train": n_train, "val": n_val}
     params = {"layout": "coco", **n, "size": size, "seed": seed}

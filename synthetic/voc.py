@@ -61,7 +61,7 @@ def write_voc(root: Path, n: dict[str, int], size: int, seed: int) -> None:
     (root / "classes.txt").write_text("".join(c + "\n" for c in CLASSES))
 
 
-def synthetic_voc(n_train: int = 400, n_val: int = 0, n_test: int = 150, size: int = 128, seed: int = 0) -> Path:
+def synthetic_voc(n_train: int = 240, n_val: int = 0, n_test: int = 100, size: int = 96, seed: int = 0) -> Path:
     """Build (once) and return the cached devkit root (the folder holding VOC2007/)."""
     n = {"train": n_train, "val": n_val, "test": n_test}
     params = {"layout": "voc", **n, "size": size, "seed": seed}
