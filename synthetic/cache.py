@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # bump when the world's drawing changes, so stale caches are not reused
 
 
 def cache_root() -> Path:

@@ -88,10 +88,14 @@ def _shape_mask(label: int, size: tuple[int, int], cx: float, cy: float, radius:
     return np.asarray(canvas) > 127
 
 
-def _background(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
-    """A two-colour gradient with stripes and pixel noise: texture that a model must learn to ignore."""
+def _background(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A gentle two-colour gradient with stripes and pixel noise: texture a model must learn to ignore.
+
+    Returns the image and its mean colour, so that shapes can be given colours that stand out from it.
+    """
     h, w = size
-    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    c0 = rng.uniform(30, 225, 3)
+    c1 = np.clip(c0 + rng.uniform(-50, 50, 3), 0, 255)
     a = rng.uniform(0, 2 * math.pi)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     t = ((xx / max(w - 1, 1) - 0.5) * math.cos(a) + (yy / max(h - 1, 1) - 0.5) * math.sin(a)) + 0.5
@@ -99,8 +103,17 @@ def _background(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
     period = rng.uniform(4, 16)
     b = rng.uniform(0, 2 * math.pi)
     stripes = np.sin((xx * math.cos(b) + yy * math.sin(b)) * 2 * math.pi / period)[..., None]
-    img = img + rng.uniform(5, 25) * stripes + rng.normal(0, rng.uniform(3, 12), (h, w, 3))
-    return img
+    img = img + rng.uniform(4, 14) * stripes + rng.normal(0, rng.uniform(2, 8), (h, w, 3))
+    return img, (c0 + c1) / 2
+
+
+def _contrasting_colour(rng: np.random.Generator, background: np.ndarray, min_distance: float = 110.0) -> np.ndarray:
+    """A random colour at least `min_distance` (RGB, 0-255) from the background's mean, so every shape is visible."""
+    for _ in range(100):
+        colour = rng.uniform(0, 255, 3)
+        if np.linalg.norm(colour - background) >= min_distance:
+            return colour
+    return 255.0 - background
 
 
 def render_scene(rng: np.random.Generator, size: tuple[int, int] = (64, 64), n_objects: int = 1,
@@ -112,7 +125,7 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int] = (64, 64), n_o
     returned shape is really there to be found.
     """
     h, w = size
-    img = _background(rng, size)
+    img, bg_mean = _background(rng, size)
     owner = np.full((h, w), -1, dtype=np.int64)
     drawn = []
     for k in range(n_objects):
@@ -120,7 +133,7 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int] = (64, 64), n_o
         r = rng.uniform(*radius) * min(h, w)
         cx, cy = rng.uniform(r * 0.6, w - r * 0.6), rng.uniform(r * 0.6, h - r * 0.6)
         mask = _shape_mask(label, size, cx, cy, r, rng.uniform(0, 2 * math.pi))
-        colour = rng.uniform(0, 255, 3)
+        colour = _contrasting_colour(rng, bg_mean)
         shade = 1.0 + rng.uniform(-0.15, 0.15) * ((np.mgrid[0:h, 0:w][0] - cy) / max(r, 1))
         img[mask] = (colour[None, :] * shade[mask][:, None])
         owner[mask] = k
