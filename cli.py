@@ -101,7 +101,7 @@ def demo(depth, **options):
 
 # ---- segmentation ---------------------------------------------------------------------------------------------
 @main.command("finetune-seg")
-@click.option("--backbone", required=True, help="Pretrain run dir, .safetensors file, or an arch name (random init).")
+@click.option("--backbone", help="Pretrain run dir, .safetensors file, or an arch name (random init); required unless --resume.")
 @click.option("--data", help="ade20k:PATH or folder:PATH (default: the synthetic shapes set in the ADE20K layout).")
 @click.option("--head", help="fcn (default, the paper's) or an smp decoder: deeplabv3, deeplabv3plus, fpn, unet, upernet, pspnet, ...")
 @click.option("--num-classes", type=int, help="Classes of a folder data set (ade20k: 150).")

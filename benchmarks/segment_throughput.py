@@ -12,7 +12,6 @@ import warnings
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from segmentation.metrics import ConfusionMatrix
 from segmentation.models import build_model

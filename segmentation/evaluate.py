@@ -16,7 +16,7 @@ from engine.distributed import DistContext, ShardSampler, setup
 from engine.errors import BotError
 from engine.rundir import atomic_write_bytes
 
-from .data import SegDataset, SegSource, list_pairs, parse_data, read_mask
+from .data import SegDataset, SegSource, list_pairs, read_mask
 from .metrics import ConfusionMatrix, per_class_table
 from .transforms import eval_transform, pad_collate
 
@@ -161,8 +161,6 @@ def run_from_cli(*, run=None, predictions=None, data=None, split=None, num_class
                        mode=mode or config["eval"]["mode"], window=d["crop_size"], overlap=config["eval"]["slide_overlap"],
                        on_batch=saver)
     else:
-        if num_classes is None and not (data or "").startswith("ade20k") and data:
-            raise BotError("--num-classes: required for a folder data set")
         source = _source(data, num_classes, ignore_index, class_names)
         split = split or source.splits[1]
         cm = score_predictions(Path(predictions), source, split)

@@ -6,6 +6,7 @@ cross-entropy over labelled pixels, plus aux_weight x the auxiliary head's.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -97,7 +98,8 @@ def run_from_cli(*, out=None, resume=False, sets=(), **options) -> dict:
         if not config_file.is_file():
             raise BotError(f"{config_file}: no config to resume from")
         if (Path(out) / "summary.json").is_file():
-            raise BotError(f"{out}: already finished (summary.json present); nothing to resume")
+            report(f"{out}: already finished (summary.json present)")
+            return json.loads((Path(out) / "summary.json").read_text())
         cfg = load_yaml(config_file)
         for key in ("device", "workers"):  # where it runs may change; what it computes may not
             if options.get(key) is not None:
