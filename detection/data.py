@@ -24,8 +24,10 @@ def parse_spec(spec: str | None) -> tuple[str, str | None]:
     if not spec:
         return "synthetic", None
     kind, sep, path = spec.partition(":")
+    if kind == "synthetic" and path in ("", "voc", "coco"):
+        return "synthetic", path or None
     if not sep or kind not in ("voc", "coco") or not path:
-        raise BotError(f"--data {spec!r}: expected voc:PATH or coco:PATH")
+        raise BotError(f"--data {spec!r}: expected voc:PATH, coco:PATH or synthetic[:voc|:coco]")
     return kind, path
 
 

@@ -154,7 +154,7 @@ def _run(cfg: dict, out: Path, resume: bool, ctx) -> dict:
         summary = {
             "task": "detect", "metrics": result["metrics"], "per_class": eval_speed.get("per_class"),
             "backbone": info.summary(),
-            "dataset": {"name": train_split.name.split(":")[0] if d["spec"] else "synthetic-shapes-" + kind,
+            "dataset": {"name": ("synthetic-shapes-" + kind) if parse_spec(d["spec"])[0] == "synthetic" else kind,
                         "path": str(root), "splits": {train_sets: len(train_split), val_set: len(val_split)}},
             "epochs": t["epochs"], "wall_seconds": wall, "images_per_second": result["images_per_second"],
             "eval_images_per_second": eval_speed.get("images_per_second"), "versions": versions()}
