@@ -170,3 +170,11 @@ def test_detections_file_checked_against_the_split(tmp_path):
     assert res.exit_code == 0, res.output
     assert re.search(r"cat\s+100\.00\s+100\.00", res.output) and re.search(r"dog\s+0\.00\s+0\.00", res.output)
     assert re.search(r"mean\s+50\.00\s+50\.00", res.output)
+
+
+def test_data_specs():
+    from detection.data import parse_spec
+    assert parse_spec(None) == ("synthetic", None) and parse_spec("synthetic:coco") == ("synthetic", "coco")
+    assert parse_spec("voc:/d/VOCdevkit") == ("voc", "/d/VOCdevkit")
+    with pytest.raises(BotError, match="expected voc:PATH"):
+        parse_spec("imagenet:/x")
