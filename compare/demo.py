@@ -22,9 +22,9 @@ DEFAULT_RECIPES = "baseline,resnet50d"
 # Demo scale per stage, on top of each stage's own synthetic defaults; tuned so that 2 recipes x 3 stages
 # take under 10 minutes on 2 CPU cores (see benchmarks/README.md for the measured times).
 DEMO_ARGS = {
-    "pretrain": ["--image-size", "64", "--epochs", "6"],
-    "finetune-detect": [],
-    "finetune-seg": [],
+    "pretrain": ["--image-size", "48", "--epochs", "3"],
+    "finetune-detect": ["--image-size", "64", "--epochs", "2"],
+    "finetune-seg": ["--epochs", "3"],
 }
 STAGE_DIRS = {"pretrain": "pretrain", "finetune-detect": "detect", "finetune-seg": "segment"}
 # Short names for the `+trick` form of --recipes: "+label-smoothing" after "resnet50d" means "resnet50d-ls".
@@ -116,6 +116,13 @@ def run_subprocess(argv: list[str]) -> int:
     return subprocess.run(argv).returncode
 
 
+def children_cpu() -> float:
+    """User + system CPU seconds of the finished child processes: the measure that stays put when others share the cores."""
+    import resource
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run_steps(steps: list[Step], runner=run_subprocess) -> list[tuple[Step, str, float]]:
     """Run each step that is not finished; stop at the first failure with a BotError naming the run."""
     done = []
@@ -129,14 +136,14 @@ def run_steps(steps: list[Step], runner=run_subprocess) -> list[tuple[Step, str,
         argv = step.argv(resume=state == "resume")
         console.print(f"[bold]{head}[/]{': resuming from last.ckpt' if state == 'resume' else ''}")
         console.print(f"  $ bot {shlex.join(argv[3:])}", style="dim")
-        t0 = time.time()
+        t0, cpu0 = time.time(), children_cpu()
         code = runner(argv)
-        seconds = time.time() - t0
+        seconds, cpu = time.time() - t0, children_cpu() - cpu0
         if code != 0 or not (step.out / "summary.json").exists():
             hint = "interrupted" if code in (130, -2) else f"failed (exit code {code})"
             raise BotError(f"{step.out}: `bot {step.stage}` {hint}; see its output above. "
                            f"Run `bot demo` again with the same --out to resume")
-        console.print(f"  done in {seconds:.0f} s")
+        console.print(f"  done in {seconds:.0f} s (CPU time {cpu:.0f} s)")
         done.append((step, "resumed" if state == "resume" else "ran", seconds))
     return done
 
@@ -154,8 +161,10 @@ def run_demo(*, recipes: str = DEFAULT_RECIPES, out: str | Path = "runs/demo", d
     t0 = time.time()
     console.print(f"[bold]bot demo[/]: {len(names)} recipes ({', '.join(names)}) x pretrain, detection, "
                   f"segmentation -> {out}")
-    run_steps(steps, runner)
-    console.print(f"[bold]all runs finished[/] in {time.time() - t0:.0f} s; comparing:")
+    done = run_steps(steps, runner)
+    times = ", ".join(f"{s.stage} {s.recipe} {sec:.0f} s" for s, how, sec in done if how != "skipped")
+    console.print(f"[bold]all runs finished[/] in {time.time() - t0:.0f} s" + (f" ({times})" if times else "")
+                  + "; comparing:")
     run_compare([s.out for s in steps], baseline=baseline or Path(names[0]).stem,
                 csv_file=out / "compare.csv", json_file=out / "compare.json",
                 markdown_file=out / "compare.md", plot_file=out / "compare.png")
