@@ -160,3 +160,13 @@ def test_label_value_out_of_range_names_file_and_value(tmp_path):
 def test_folder_needs_num_classes(tmp_path):
     make_folder(tmp_path)
     assert_error(cli("finetune-seg", "--backbone", "resnet18d", "--data", f"folder:{tmp_path}"), "--num-classes")
+
+
+def test_ade20k_class_names_from_object_info(tmp_path):
+    (tmp_path / "objectInfo150.csv").write_text(
+        "Idx,Ratio,Train,Val,Name\n1,0.1576,11664,1172,wall\n2,0.1072,6046,612,building;edifice\n")
+    src = parse_data(f"ade20k:{tmp_path}", num_classes=2)
+    assert src.class_names == ["wall", "building"] and src.ignore_index == 255
+    assert parse_data(f"ade20k:{tmp_path}").num_classes == 2   # the names file sets the class count
+    with pytest.raises(Exception, match="2 class names for 3 classes"):
+        parse_data(f"ade20k:{tmp_path}", num_classes=3)
