@@ -165,7 +165,7 @@ def run_from_cli(*, run=None, predictions=None, data=None, split=None, num_class
         split = split or source.splits[1]
         cm = score_predictions(Path(predictions), source, split)
     result = cm.compute()
-    click_echo(per_class_table(result, source.class_names))
+    click_echo(per_class_table(result, source.class_names).rstrip())
     out = {"split": split, "dataset": str(source.root), "miou": result["miou"], "pixel_acc": result["pixel_acc"],
            "mean_class_acc": result["mean_class_acc"],
            "per_class_iou": {n: (None if math.isnan(v) else v) for n, v in zip(source.class_names, result["iou"])}}
