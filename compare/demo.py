@@ -23,7 +23,8 @@ DEFAULT_RECIPES = "baseline,resnet50d"
 # take under 10 minutes on 2 CPU cores (see benchmarks/README.md for the measured times).
 DEMO_ARGS = {
     "pretrain": ["--image-size", "48", "--epochs", "3"],
-    "finetune-detect": ["--image-size", "64", "--epochs", "2"],
+    "finetune-detect": ["--image-size", "64", "--epochs", "2",
+                        "--set", "data.synthetic.n_train=120", "--set", "data.synthetic.n_test=60"],
     "finetune-seg": ["--epochs", "3"],
 }
 STAGE_DIRS = {"pretrain": "pretrain", "finetune-detect": "detect", "finetune-seg": "segment"}
