@@ -31,7 +31,7 @@ STAGE_DIRS = {"pretrain": "pretrain", "finetune-detect": "detect", "finetune-seg
 # Short names for the `+trick` form of --recipes: "+label-smoothing" after "resnet50d" means "resnet50d-ls".
 TRICK_ALIASES = {"label-smoothing": "ls", "labelsmoothing": "ls", "smoothing": "ls", "cos": "cosine"}
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 @dataclass
@@ -42,13 +42,8 @@ class Step:
     args: list[str] = field(default_factory=list)   # everything but --out / --resume
 
     def argv(self, resume: bool) -> list[str]:
-        if not resume:
-            tail = [*self.args, "--out", str(self.out)]
-        else:
-            # A resumed run continues its own config.yaml: pretrain refuses other options next to --resume;
-            # finetune-seg insists on --backbone (and the resumed config decides which weights it uses).
-            keep = self.args[:2] if self.stage != "pretrain" else []
-            tail = [*keep, "--out", str(self.out), "--resume"]
+        # A resumed run continues its own config.yaml (the stages refuse or ignore other options next to --resume).
+        tail = ["--out", str(self.out), "--resume"] if resume else [*self.args, "--out", str(self.out)]
         return [sys.executable, "-m", "cli", self.stage, *tail]
 
     def state(self) -> str:

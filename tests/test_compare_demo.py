@@ -45,6 +45,7 @@ class FakeStages:
 
     def __init__(self, fail_on=None):
         self.calls, self.fail_on = [], fail_on
+        self.backbones = {}     # run dir -> --backbone it was started with (a resumed run keeps it, like config.yaml)
 
     def __call__(self, argv):
         self.calls.append(argv[3:])
@@ -56,7 +57,7 @@ class FakeStages:
             top1 = 0.5 if "baseline" in out else 0.6
             make_run(out, "pretrain", {"top1": top1, "top5": 0.9}, sha=sha, recipe=out.rsplit("/", 1)[1])
         else:
-            backbone = argv[argv.index("--backbone") + 1]
+            backbone = self.backbones.setdefault(out, argv[argv.index("--backbone") + 1] if "--backbone" in argv else None)
             pre = json.loads(open(f"{backbone}/summary.json").read())
             good = "baseline" not in backbone
             metrics = ({"voc07_map50": 0.3 + 0.1 * good, "coco_map": 0.1} if stage == "finetune-detect"
@@ -85,7 +86,7 @@ def test_demo_runs_skips_and_resumes(tmp_path):
     (seg / "summary.json").unlink()
     (seg / "last.ckpt").write_bytes(b"state")           # interrupted after an epoch
     run_demo(out=out, runner=fake)
-    assert fake.calls == [["finetune-seg", "--backbone", str(out / "pretrain" / "resnet50d"), "--out", str(seg), "--resume"]]
+    assert fake.calls == [["finetune-seg", "--out", str(seg), "--resume"]]
 
 
 def test_demo_failure_names_the_run(tmp_path):
