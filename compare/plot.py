@@ -60,7 +60,10 @@ def widen(set_lim, values: list[float], min_span: float = 1.0, right: float = 0.
     lo, hi = min(values), max(values)
     span = max(hi - lo, min_span)
     mid = (lo + hi) / 2
-    set_lim(mid - span * 0.75, mid + span * (0.5 + right))
+    lower = mid - span * 0.75
+    if lo >= 0 and lower < 0:
+        lower = -0.05 * span        # percentages: no empty negative half below points at 0
+    set_lim(lower, mid + span * (0.5 + right))
 
 
 def delta_bars(ax, comp: Comparison) -> None:
