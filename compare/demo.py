@@ -19,10 +19,11 @@ from rich.console import Console
 from engine.errors import BotError
 
 DEFAULT_RECIPES = "baseline,resnet50d"
-# Demo scale per stage, on top of each stage's own synthetic defaults; tuned so that 2 recipes x 3 stages
-# take under 10 minutes on 2 CPU cores (see benchmarks/README.md for the measured times).
+# Demo scale per stage, on top of each stage's own synthetic defaults (pretrain's: 32 px, 8 epochs; the demo
+# only shrinks the arch to `--depth`); tuned so that 2 recipes x 3 stages take under 10 minutes on 2 CPU cores
+# (see benchmarks/README.md for the measured times).
 DEMO_ARGS = {
-    "pretrain": ["--image-size", "48", "--epochs", "3"],
+    "pretrain": [],
     "finetune-detect": ["--image-size", "64", "--epochs", "2",
                         "--set", "data.synthetic.n_train=120", "--set", "data.synthetic.n_test=60"],
     "finetune-seg": ["--epochs", "3"],
