@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import re
 import time
-import warnings
 from pathlib import Path
 
 import torch

@@ -2,7 +2,6 @@
 (one line naming the file, exit code 2) through `bot evaluate-detect`."""
 import json
 import re
-import warnings
 
 import numpy as np
 import pytest
