@@ -19,6 +19,24 @@ class BotGroup(click.Group):
             sys.exit(2)
 
 
+def run_training_stage(nproc: int, entry: str, **options) -> None:
+    """Shared by the training commands: relaunch under torchrun for --nproc N, or call the stage's entry point
+    (`module:function`); a requested stop (Ctrl-C, SIGTERM) exits 130 after the stage saved its resume state."""
+    import importlib
+
+    from engine.launch import relaunch_with_torchrun
+    from engine.loop import Interrupted
+
+    if nproc > 1:
+        sys.exit(relaunch_with_torchrun(nproc))
+    module, function = entry.split(":")
+    try:
+        getattr(importlib.import_module(module), function)(**options)
+    except Interrupted as e:
+        click.echo(f"interrupted: {e}; continue with --resume", err=True)
+        sys.exit(130)
+
+
 @click.group(cls=BotGroup)
 @click.version_option(package_name="bot")
 def main():
@@ -47,16 +65,7 @@ def main():
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other recipe key; repeatable.")
 def pretrain(nproc, **options):
     """Train a classification backbone with the paper's recipe."""
-    from engine.launch import relaunch_with_torchrun
-    from engine.loop import Interrupted
-    if nproc > 1:
-        sys.exit(relaunch_with_torchrun(nproc))
-    from pretrain.train import run_from_cli
-    try:
-        run_from_cli(**options)
-    except Interrupted as e:
-        click.echo(f"interrupted: {e}; continue with --resume", err=True)
-        sys.exit(130)
+    run_training_stage(nproc, "pretrain.train:run_from_cli", **options)
 
 
 @main.command()
@@ -125,19 +134,10 @@ def demo(depth, **options):
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other key of segmentation/defaults.yaml; repeatable.")
 def finetune_seg(nproc, image_size, **options):
     """Fine-tune a backbone checkpoint for semantic segmentation (FCN on ADE20K by default)."""
-    from engine.launch import relaunch_with_torchrun
-    from engine.loop import Interrupted
-    if nproc > 1:
-        sys.exit(relaunch_with_torchrun(nproc))
-    from segmentation.train import run_from_cli
     if image_size is not None:
         options["base_size"] = options["base_size"] or image_size
         options["crop_size"] = options["crop_size"] or image_size
-    try:
-        run_from_cli(**options)
-    except Interrupted as e:
-        click.echo(f"interrupted: {e}; continue with --resume", err=True)
-        sys.exit(130)
+    run_training_stage(nproc, "segmentation.train:run_from_cli", **options)
 
 
 @main.command("evaluate-seg")
@@ -180,16 +180,7 @@ def evaluate_seg(**options):
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other key of detection/defaults.yaml; repeatable.")
 def finetune_detect(nproc, **options):
     """Fine-tune Faster R-CNN (FPN) on a backbone checkpoint; VOC07/VOC/COCO box AP."""
-    from engine.launch import relaunch_with_torchrun
-    from engine.loop import Interrupted
-    if nproc > 1:
-        sys.exit(relaunch_with_torchrun(nproc))
-    from detection.train import run_from_cli
-    try:
-        run_from_cli(**options)
-    except Interrupted as e:
-        click.echo(f"interrupted: {e}; continue with --resume", err=True)
-        sys.exit(130)
+    run_training_stage(nproc, "detection.train:run_from_cli", **options)
 
 
 @main.command("evaluate-detect")
