@@ -5,7 +5,6 @@ model.safetensors (the backbone checkpoint downstream stages load) and summary.j
 """
 from __future__ import annotations
 
-import copy
 import random
 import time
 import warnings
