@@ -19,6 +19,23 @@ class BotGroup(click.Group):
             sys.exit(2)
 
 
+SHARED_TRAINING_OPTIONS = [
+    click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"])),
+    click.option("--device", help="cpu, cuda, cuda:N (default: cuda if available)."),
+    click.option("--workers", type=int, help="DataLoader workers per process."),
+    click.option("--seed", type=int),
+    click.option("--resume", is_flag=True, help="Continue the interrupted run in --out."),
+    click.option("--nproc", type=int, default=1, show_default=True, help="Launch this many processes on this machine (torchrun)."),
+]
+
+
+def training_options(command):
+    """The options every training command (pretrain, finetune-detect, finetune-seg) takes alike."""
+    for option in reversed(SHARED_TRAINING_OPTIONS):
+        command = option(command)
+    return command
+
+
 def run_training_stage(nproc: int, entry: str, **options) -> None:
     """Shared by the training commands: relaunch under torchrun for --nproc N, or call the stage's entry point
     (`module:function`); a requested stop (Ctrl-C, SIGTERM) exits 130 after the stage saved its resume state."""
@@ -53,15 +70,10 @@ def main():
 @click.option("--batch-size", type=int, help="Global batch size (split over processes).")
 @click.option("--lr", type=float, help="Peak learning rate (default: linear scaling, base_lr * batch / 256).")
 @click.option("--image-size", type=int)
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]))
-@click.option("--device", help="cpu, cuda, cuda:N (default: cuda if available).")
-@click.option("--workers", type=int, help="DataLoader workers per process.")
-@click.option("--seed", type=int)
+@training_options
 @click.option("--teacher", type=click.Path(), help="Distillation teacher: a pretrain run dir or a safetensors file.")
 @click.option("--init", "init_weights", type=click.Path(), help="Start from these local safetensors weights.")
 @click.option("--out", type=click.Path(), help="Run directory (default: runs/pretrain-<recipe>).")
-@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out.")
-@click.option("--nproc", type=int, default=1, show_default=True, help="Launch this many processes on this machine (torchrun).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other recipe key; repeatable.")
 def pretrain(nproc, **options):
     """Train a classification backbone with the paper's recipe."""
@@ -124,13 +136,8 @@ def demo(depth, **options):
 @click.option("--image-size", type=int, help="Sets --base-size and --crop-size together.")
 @click.option("--norm", type=click.Choice(["bn", "frozen", "sync"]), help="Backbone BatchNorm: trained, frozen, or SyncBN under torchrun.")
 @click.option("--aux/--no-aux", default=None, help="FCN auxiliary head on stage 3.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]))
-@click.option("--device", help="cpu, cuda, cuda:N (default: cuda if available).")
-@click.option("--workers", type=int, help="DataLoader workers per process.")
-@click.option("--seed", type=int)
+@training_options
 @click.option("--out", type=click.Path(), help="Run directory (default: runs/segment-<head>-<backbone>).")
-@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out.")
-@click.option("--nproc", type=int, default=1, show_default=True, help="Launch this many processes on this machine (torchrun).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other key of segmentation/defaults.yaml; repeatable.")
 def finetune_seg(nproc, image_size, **options):
     """Fine-tune a backbone checkpoint for semantic segmentation (FCN on ADE20K by default)."""
@@ -170,13 +177,8 @@ def evaluate_seg(**options):
 @click.option("--lr", type=float, help="Learning rate (default: base_lr scaled to the batch size).")
 @click.option("--image-size", type=int, help="Short side after resizing (long side capped at 5/3 of it unless --max-size).")
 @click.option("--max-size", type=int, help="Long side cap.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]))
-@click.option("--device", help="cpu, cuda, cuda:N (default: cuda if available).")
-@click.option("--workers", type=int, help="DataLoader workers per process.")
-@click.option("--seed", type=int)
+@training_options
 @click.option("--out", type=click.Path(), help="Run directory (default: runs/detect-<backbone>).")
-@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out.")
-@click.option("--nproc", type=int, default=1, show_default=True, help="Launch this many processes on this machine (torchrun).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other key of detection/defaults.yaml; repeatable.")
 def finetune_detect(nproc, **options):
     """Fine-tune Faster R-CNN (FPN) on a backbone checkpoint; VOC07/VOC/COCO box AP."""
