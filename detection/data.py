@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.distributed import EpochSampler
+from engine.distributed import EpochSampler, seeded_sample
 from engine.errors import BotError
 
 from . import transforms as T
@@ -64,8 +64,7 @@ class DetectionDataset(torch.utils.data.Dataset):
             raise BotError(f"{r.path}: image is {image.width}x{image.height} but its annotation says {r.width}x{r.height}")
         keep = ~r.ignore if self.train else np.ones(len(r.labels), bool)
         boxes = torch.as_tensor(r.boxes[keep], dtype=torch.float32)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+        with seeded_sample(self.seed, epoch, index):
             tensor, boxes = T.apply(self.transform, image, boxes)
         target = {"boxes": boxes, "labels": torch.as_tensor(r.labels[keep] + 1, dtype=torch.int64),
                   "image_id": r.image_id, "orig_size": (r.height, r.width), "index": index}

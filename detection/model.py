@@ -22,7 +22,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from engine.errors import BotError
 from engine.rundir import atomic_write_bytes
-from pretrain.weights import BackboneInfo, load_backbone, read_header
+from pretrain.weights import BackboneInfo, is_arch_name, load_backbone, read_header
 
 STAGES = ("layer4", "layer3", "layer2", "layer1", "stem")  # trainable_stages=k unfreezes the first k of these
 NORMS = ("frozen", "bn", "syncbn")
@@ -62,13 +62,26 @@ def set_trainable(body: nn.Module, stages: int) -> None:
         p.requires_grad_(stage in trainable)
 
 
+def resolve_auto(cfg: dict, random_init: bool) -> dict:
+    """Fill `norm: auto` and `trainable_stages: auto`: frozen BN and 3 trainable stages for a pretrained backbone
+    (the reference recipe); BN and every stage trainable for a random-init one, whose BN statistics and early
+    filters are random and, frozen, would stay so (and whose zero-gamma blocks would stay switched off)."""
+    cfg = dict(cfg)
+    if cfg.get("norm", "auto") == "auto":
+        cfg["norm"] = "bn" if random_init else "frozen"
+    if cfg.get("trainable_stages", "auto") == "auto":
+        cfg["trainable_stages"] = len(STAGES) if random_init else 3
+    return cfg
+
+
 def build_detector(backbone: str | Path, num_classes: int, cfg: dict, min_size: int, max_size: int,
                    info_override: BackboneInfo | None = None) -> tuple[FasterRCNN, BackboneInfo]:
     """Faster R-CNN for `num_classes` object classes (plus background) on the backbone from `backbone`.
 
     cfg: the `model` block of the config. `info_override` (for rebuilding a finetuned model) supplies the mean/std.
     """
-    norm = cfg.get("norm", "frozen")
+    cfg = resolve_auto(cfg, is_arch_name(str(backbone)))
+    norm = cfg["norm"]
     if norm not in NORMS:
         raise BotError(f"model.norm {norm!r}: use one of {', '.join(NORMS)}")
     body, info = load_backbone(backbone, features_only=True, out_indices=(1, 2, 3, 4))
@@ -77,7 +90,7 @@ def build_detector(backbone: str | Path, num_classes: int, cfg: dict, min_size: 
     if norm == "frozen":
         from timm.layers import freeze_batch_norm_2d
         body = freeze_batch_norm_2d(body)
-    set_trainable(body, int(cfg.get("trainable_stages", 3)))
+    set_trainable(body, int(cfg["trainable_stages"]))
     channels = list(body.feature_info.channels())
     sizes = anchor_sizes(cfg.get("anchor_sizes", "auto"), min_size)
     ratios = tuple(float(r) for r in cfg.get("aspect_ratios", (0.5, 1.0, 2.0)))

@@ -18,10 +18,11 @@ from engine.loop import fit, restore_state
 from engine.precision import Precision
 from engine.rundir import RunDir, versions
 from engine.schedules import Schedule
+from pretrain.weights import is_arch_name
 
 from .data import AspectBatchSampler, DetectionDataset, collate, load_split, parse_spec
 from .evaluate import predict, score, write_detections
-from .model import build_detector, save_detector
+from .model import build_detector, resolve_auto, save_detector
 
 HERE = Path(__file__).parent
 DEFAULTS = {"voc": ("2007-trainval,2012-trainval", "2007-test"), "coco": ("train2017", "val2017"),
@@ -83,6 +84,8 @@ def _run(cfg: dict, out: Path, resume: bool, ctx) -> dict:
     val_split = load_split(kind, root, val_set, d["classes"] or (train_split.classes if kind == "voc" else None))
     if val_split.classes != train_split.classes:
         raise BotError(f"{root}: train and val splits have different classes")
+    # recorded resolved, so that config.yaml says what ran and a rebuild from it makes the same modules
+    cfg["model"] = m = resolve_auto(m, is_arch_name(str(cfg["backbone"])))
     model, info = build_detector(cfg["backbone"], len(train_split.classes), m, d["min_size"], d["max_size"])
     model.to(ctx.device)
     if ctx.distributed:

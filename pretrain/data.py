@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from engine.distributed import DistContext, EpochSampler, ShardSampler
+from engine.distributed import DistContext, EpochSampler, ShardSampler, seeded_sample
 from engine.errors import BotError
 
 from .weights import PAPER_MEAN, PAPER_STD
@@ -105,8 +105,7 @@ class SeededSplit(Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         path, label = self.folder.samples[index]
         img = self.folder.loader(path)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+        with seeded_sample(self.seed, epoch, index):
             return self.transform(img), label
 
 

@@ -99,7 +99,7 @@ def _train(cfg: dict, out: Path, resume: bool, ctx: dist.DistContext) -> Path:
     random.seed(seed)
     if d["path"] is None:
         from synthetic.imagefolder import synthetic_imagefolder
-        root = synthetic_imagefolder()
+        root = synthetic_imagefolder(**d["synthetic"])
     else:
         root = Path(d["path"])
     data = build_datasets(root, d, seed)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from engine.distributed import seeded_sample
 from engine.errors import BotError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
@@ -174,10 +175,6 @@ def read_mask(path: Path, source: SegSource) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    return (seed * 1_000_003 + epoch) * 10_000_019 + index
-
-
 class SegDataset(torch.utils.data.Dataset):
     """Items are (image float 3xHxW normalised, mask int64 HxW, index). A key may be an index or the (epoch, index)
     pair an EpochSampler yields; random augmentation is then seeded from (seed, epoch, index)."""
@@ -192,7 +189,6 @@ class SegDataset(torch.utils.data.Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         image_path, mask_path = self.pairs[index]
         image, mask = read_image(image_path), read_mask(mask_path, self.source)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
+        with seeded_sample(self.seed, epoch, index):
             image, mask = self.transform(image, mask)
         return image, mask, index

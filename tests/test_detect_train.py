@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from cli import main
-from detection.model import build_detector
+from detection.model import build_detector, resolve_auto
 from engine.rundir import sha256_file
 from pretrain.backbones import create_backbone
 from pretrain.weights import save_classifier
@@ -52,6 +52,19 @@ def test_detector_on_checkpoint(backbone):
     with pytest.warns(UserWarning, match="random init"):
         _, rinfo = build_detector("resnet18d", 10, {"norm": "bn", "trainable_stages": 5}, 128, 213)
     assert rinfo.recipe == "random-init"
+
+
+def test_auto_norm_trains_a_random_init_backbone_whole(backbone):
+    """Frozen BN on a random init would freeze random statistics and zero-gamma blocks switched off for good."""
+    with pytest.warns(UserWarning, match="random init"):
+        scratch, _ = build_detector("resnet18d", 10, {"norm": "auto", "trainable_stages": "auto"}, 128, 213)
+    body = scratch.backbone.body
+    assert any(type(m) is torch.nn.BatchNorm2d for m in body.modules())
+    assert all(p.requires_grad for p in body.parameters())
+    pretrained, _ = build_detector(backbone, 10, {"norm": "auto", "trainable_stages": "auto"}, 128, 213)
+    grads = {n.split(".")[0]: p.requires_grad for n, p in pretrained.backbone.body.named_parameters()}
+    assert grads == {"conv1": False, "layer1": False, "layer2": True, "layer3": True, "layer4": True}
+    assert resolve_auto({"norm": "frozen", "trainable_stages": 1}, random_init=True) == {"norm": "frozen", "trainable_stages": 1}
 
 
 def finetune(args):

@@ -2,9 +2,10 @@
 import json
 
 import pytest
+import torch
 
 from engine.config import apply_sets
-from engine.distributed import DistContext, EpochSampler, ShardSampler
+from engine.distributed import DistContext, EpochSampler, ShardSampler, sample_seed, seeded_sample
 from engine.errors import BotError, one_line
 from engine.rundir import RunDir, atomic_write_text
 
@@ -21,6 +22,20 @@ def test_epoch_sampler_shards_disjointly_and_resumes_mid_epoch():
     assert [i for _, i in ranks[0]] == a[4:] and len(ranks[0]) == 4
     ranks[0].set_epoch(4)
     assert [i for _, i in ranks[0]] != a  # a new order each epoch
+
+
+def test_seeded_sample_matches_manual_seed_and_restores_the_global_rng():
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    with seeded_sample(7, 2, 5):
+        inside = torch.rand(4)
+    torch.manual_seed(sample_seed(7, 2, 5))
+    assert torch.equal(inside, torch.rand(4))
+    torch.manual_seed(123)
+    with seeded_sample(7, 2, 5):
+        torch.rand(100)
+    assert torch.equal(torch.rand(3), before)
 
 
 def test_shard_sampler_covers_each_sample_once():
