@@ -17,6 +17,7 @@ from pathlib import Path
 from rich.console import Console
 
 from engine.errors import BotError
+from engine.launch import bot_argv
 
 DEFAULT_RECIPES = "baseline,resnet50d"
 # Demo scale per stage, on top of each stage's own synthetic defaults: pretrain 12 of its 16 epochs (measured: 63%
@@ -44,12 +45,20 @@ class Step:
     def argv(self, resume: bool) -> list[str]:
         # A resumed run continues its own config.yaml (the stages refuse or ignore other options next to --resume).
         tail = ["--out", str(self.out), "--resume"] if resume else [*self.args, "--out", str(self.out)]
-        return [sys.executable, "-m", "cli", self.stage, *tail]
+        return [*bot_argv(), self.stage, *tail]
 
     def state(self) -> str:
         if (self.out / "summary.json").exists():
             return "finished"
         return "resume" if (self.out / "last.ckpt").exists() else "start"
+
+
+def split_args(flag: str, text: str | None) -> list[str]:
+    """A quoted option string into arguments, as a shell would; one line when its quotes do not close."""
+    try:
+        return shlex.split(text or "")
+    except ValueError as e:
+        raise BotError(f"{flag} {text!r}: {e} (quote it as you would in a shell)") from None
 
 
 def resolve_recipes(text: str) -> list[str]:
@@ -131,7 +140,7 @@ def run_steps(steps: list[Step], runner=run_subprocess) -> list[tuple[Step, str,
             continue
         argv = step.argv(resume=state == "resume")
         console.print(f"[bold]{head}[/]{': resuming from last.ckpt' if state == 'resume' else ''}")
-        console.print(f"  $ bot {shlex.join(argv[3:])}", style="dim")
+        console.print(f"  $ bot {shlex.join(argv[len(bot_argv()):])}", style="dim")
         t0, cpu0 = time.time(), children_cpu()
         code = runner(argv)
         seconds, cpu = time.time() - t0, children_cpu() - cpu0
@@ -151,8 +160,8 @@ def run_demo(*, recipes: str = DEFAULT_RECIPES, out: str | Path = "runs/demo", d
 
     out = Path(out)
     names = resolve_recipes(recipes)
-    extra = {"pretrain": shlex.split(pretrain_args or ""), "finetune-detect": shlex.split(detect_args or ""),
-             "finetune-seg": shlex.split(segment_args or "")}
+    extra = {"pretrain": split_args("--pretrain-args", pretrain_args), "finetune-detect": split_args("--detect-args", detect_args),
+             "finetune-seg": split_args("--segment-args", segment_args)}
     steps = plan(names, out, depth=depth, teacher=teacher, extra=extra)
     t0 = time.time()
     console.print(f"[bold]bot demo[/]: {len(names)} recipes ({', '.join(names)}) x pretrain, detection, "

@@ -19,6 +19,11 @@ from .data_coco import load_coco
 from .data_voc import load_voc
 from .records import Split
 
+HERE = Path(__file__).parent
+# (train sets, val set) of each data kind when --train-sets / --val-set are not given
+DEFAULT_SETS = {"voc": ("2007-trainval,2012-trainval", "2007-test"), "coco": ("train2017", "val2017"),
+                "synthetic:voc": ("2007-trainval", "2007-test"), "synthetic:coco": ("train", "val")}
+
 
 def parse_spec(spec: str | None) -> tuple[str, str | None]:
     if not spec:
@@ -29,6 +34,26 @@ def parse_spec(spec: str | None) -> tuple[str, str | None]:
     if not sep or kind not in ("voc", "coco") or not path:
         raise BotError(f"--data {spec!r}: expected voc:PATH, coco:PATH or synthetic[:voc|:coco]")
     return kind, path
+
+
+def resolve_data(spec, train_sets, val_set, synthetic: dict | None) -> tuple[str, Path, str, str]:
+    """(loader kind "voc"|"coco", root, train sets, val set) for a --data spec; builds the synthetic set if needed."""
+    kind, path = parse_spec(spec)
+    if kind == "synthetic":
+        layout = path or "voc"
+        from engine.config import load_yaml
+        p = dict(load_yaml(HERE / "defaults.yaml")["data"]["synthetic"], **(synthetic or {}))
+        if layout == "voc":
+            from synthetic.voc import synthetic_voc
+            root = synthetic_voc(n_train=p["n_train"], n_test=p["n_test"], size=p["size"], seed=p["seed"])
+        else:
+            from synthetic.coco import synthetic_coco
+            root = synthetic_coco(n_train=p["n_train"], n_val=p["n_test"], size=p["size"], seed=p["seed"])
+        key, kind = f"synthetic:{layout}", layout
+    else:
+        root, key = Path(path), kind
+    default_train, default_val = DEFAULT_SETS[key]
+    return kind, Path(root), train_sets or default_train, val_set or default_val
 
 
 def load_split(kind: str, root: str | Path, split: str, classes: list[str] | None = None) -> Split:

@@ -122,7 +122,7 @@ def run_evaluate_cli(data=None, val_set=None, detections=None, weights=None, dev
     import click
 
     from .data import DetectionDataset
-    from .train import resolve_data
+    from .data import resolve_data
 
     if (detections is None) == (weights is None):
         raise BotError("evaluate-detect: give exactly one of --detections FILE or --weights RUN")

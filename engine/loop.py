@@ -4,10 +4,16 @@ A stage gives `fit` its model, optimiser, loader and two functions: `train_step(
 (the forward pass and the loss) and `evaluate() -> metrics`. `fit` owns the rest: the LR of every batch,
 backward with loss scaling, the non-finite check, logging, progress, per-epoch evaluation and resume state,
 which it writes every epoch and when SIGINT/SIGTERM asks the run to stop.
+
+Randomness inside a step (mixup, dropout, the detectors' proposal sampling) comes from the global RNGs, which
+`fit` seeds from (seed, step, rank) before every step: a resumed run draws exactly what an uninterrupted one
+would, on every rank, without saving any generator state. Losses are read back to the host every `check_every`
+steps (not every step, which would stall a GPU), and a non-finite one stops the run with its step number.
 """
 from __future__ import annotations
 
 import math
+import random
 import signal
 import time
 from dataclasses import dataclass, field
@@ -16,7 +22,7 @@ from typing import Callable
 import torch
 
 from . import checkpoint
-from .distributed import DistContext, EpochSampler
+from .distributed import DistContext, EpochSampler, sample_seed
 from .errors import BotError
 from .precision import Precision
 from .progress import Bar, report
@@ -51,6 +57,15 @@ class Interrupted(Exception):
     """The run stopped on request after saving its resume state."""
 
 
+def seed_step(seed: int, step: int, rank: int, device: torch.device | None = None) -> None:
+    """Seed the global RNGs for one training step from (seed, step, rank) alone."""
+    value = sample_seed(seed + 7919, rank, step) % (2 ** 63)
+    torch.default_generator.manual_seed(value)
+    random.seed(value)
+    if device is not None and device.type == "cuda":
+        torch.cuda.manual_seed(value)
+
+
 @dataclass
 class Position:
     epoch: int = 0           # epochs fully done
@@ -63,45 +78,108 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def save_state(run: RunDir, model, optimizer, precision: Precision, pos: Position, generator=None, extra=None) -> None:
+def params_finite(params) -> bool:
+    """One host read for all parameters: False when any weight is NaN or infinite."""
+    flags = [torch.isfinite(p.detach()).all() for p in params]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def save_state(run: RunDir, model, optimizer, precision: Precision, pos: Position, extra=None, task: str = "") -> None:
     if not run.enabled:
         return
     state = {
+        "task": task,
         "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),
         "scaler": precision.scaler.state_dict(),
         "epoch": pos.epoch, "batch_in_epoch": pos.batch_in_epoch, "step": pos.step,
-        "rng": checkpoint.rng_state(generator),
         "extra": extra or {},
     }
     checkpoint.save(run.checkpoint_file, state)
 
 
-def restore_state(run: RunDir, model, optimizer, precision: Precision, generator=None) -> tuple[Position, dict]:
-    state = checkpoint.load(run.checkpoint_file)
-    unwrap(model).load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+def restore_state(run: RunDir, model, optimizer, precision: Precision, task: str = "") -> tuple[Position, dict]:
+    """Load last.ckpt into the model and optimiser; one line naming the file when it does not belong to this run."""
+    path = run.checkpoint_file
+    state = checkpoint.load(path)
+    if not isinstance(state, dict) or not {"model", "optimizer", "epoch", "step"} <= set(state):
+        raise BotError(f"{path}: not a bot resume state (keys model, optimizer, epoch, step missing)")
+    if task and state.get("task", task) != task:
+        raise BotError(f"{path}: a resume state of a {state['task']} run, not of this {task} run")
+    try:
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()
+        raise BotError(f"{path}: does not fit this run's model ({first[1].strip() if len(first) > 1 else first[0]})") from None
     if state.get("scaler"):
         precision.scaler.load_state_dict(state["scaler"])
-    checkpoint.set_rng_state(state["rng"], generator)
-    pos = Position(state["epoch"], state["batch_in_epoch"], state["step"])
+    pos = Position(int(state["epoch"]), int(state["batch_in_epoch"]), int(state["step"]))
     run.truncate_log(pos.step)
     return pos, state.get("extra", {})
 
 
+def stop_requested(interrupt: Interrupt, ctx: DistContext, check_point: bool) -> bool:
+    """Whether to stop after this step. Under torchrun every rank must stop at the same step (a rank that stopped
+    alone would leave the others waiting in an all-reduce), so ranks agree at check points, where they sync anyway."""
+    if not ctx.distributed:
+        return interrupt.requested
+    if not check_point:
+        return False
+    from .distributed import all_reduce_sum
+    return bool(all_reduce_sum([float(interrupt.requested)], ctx)[0] > 0)
+
+
+class Diverged(BotError):
+    """A non-finite loss or weight: the run stops, and the resume state on disk is the last good one."""
+
+
 def fit(*, model, optimizer, precision: Precision, schedule: Schedule, loader, sampler: EpochSampler,
         train_step: Callable, evaluate: Callable[[], dict], run: RunDir, ctx: DistContext, epochs: int,
-        batch_size: int, eval_every: int = 1, log_every: int = 10, start: Position | None = None,
-        generator: torch.Generator | None = None, extra_state: Callable[[], dict] | None = None,
-        clip_grad: float = 0.0, on_step: Callable[[Position], None] | None = None) -> dict:
+        batch_size: int, eval_every: int = 1, log_every: int = 10, start: Position | None = None, seed: int = 0,
+        extra_state: Callable[[], dict] | None = None, clip_grad: float = 0.0, task: str = "",
+        on_step: Callable[[Position], None] | None = None, check_every: int | None = None) -> dict:
     """Train from `start` to `epochs`; return the last evaluation's metrics plus training throughput.
 
     `batch_size` is per rank; `on_step` runs after each optimiser step (tests use it to request an interrupt).
+    `check_every`: steps between host reads of the loss (default: every step on a CPU, `log_every` on a GPU).
     """
     pos = start or Position()
+    saved = Position(pos.epoch, pos.batch_in_epoch, pos.step) if start is not None else None
     metrics: dict = {}
     images, train_seconds = 0, 0.0
     params = [p for p in model.parameters() if p.requires_grad]
+    if check_every is None:
+        check_every = 1 if ctx.device.type == "cpu" else max(1, log_every)
+    pending: list[torch.Tensor] = []  # losses of the steps since the last host read
+
+    def check(epoch: int) -> list[float]:
+        """Read the pending losses back (one sync); stop at the first non-finite one, naming its step."""
+        if not pending:
+            return []
+        values = torch.stack(pending).float().cpu().tolist()
+        first = pos.step - len(values)
+        pending.clear()
+        for i, v in enumerate(values):
+            if not math.isfinite(v):
+                raise Diverged(f"loss is {v} at step {first + i} (epoch {epoch + 1}): run stopped; " + kept())
+        return values
+
+    def kept() -> str:
+        if saved is None or not run.checkpoint_file.exists():
+            return ("no resume state was written before it (it diverged in the first epoch); "
+                    "start again with a smaller --lr")
+        return (f"{run.checkpoint_file} keeps the last good state (epoch {saved.epoch}, step {saved.step}); "
+                f"continue with --resume --lr SMALLER")
+
+    def save(epoch: int) -> None:
+        nonlocal saved
+        check(epoch)
+        if not params_finite(params):
+            raise Diverged(f"weights became non-finite by step {pos.step} (epoch {epoch + 1}): run stopped; " + kept())
+        save_state(run, model, optimizer, precision, pos, extra_state() if extra_state else None, task)
+        saved = Position(pos.epoch, pos.batch_in_epoch, pos.step)
+
     with Interrupt() as interrupt:
         for epoch in range(pos.epoch, epochs):
             sampler.set_epoch(epoch, skip=pos.batch_in_epoch * batch_size)
@@ -113,28 +191,30 @@ def fit(*, model, optimizer, precision: Precision, schedule: Schedule, loader, s
                 for batch in loader:
                     lr = schedule(pos.step)
                     set_lr(optimizer, lr)
+                    seed_step(seed, pos.step, ctx.rank, ctx.device)
                     with precision.autocast():
                         loss, n, logs = train_step(batch)
-                    loss_value = float(loss.detach())
-                    if not math.isfinite(loss_value):
-                        raise BotError(f"loss is {loss_value} at step {pos.step} (epoch {epoch + 1}): run stopped; "
-                                       f"the last good resume state {run.checkpoint_file} is kept")
+                    pending.append(loss.detach())
                     precision.backward_and_step(loss, optimizer, clip_grad, params)
                     pos.step += 1
                     pos.batch_in_epoch += 1
                     images += n * ctx.world_size
-                    loss_sum, loss_n = loss_sum + loss_value, loss_n + 1
-                    elapsed = train_seconds + time.perf_counter() - tic
-                    bar.update(loss=loss_value, lr=lr, **{"img/s": images / max(elapsed, 1e-9)})
-                    if pos.step % log_every == 0:
-                        run.log({"epoch": epoch + 1, "step": pos.step, "lr": lr, "loss": loss_value,
-                                 **{k: float(v) for k, v in logs.items()}})
+                    if pos.step % check_every == 0 or pos.step % log_every == 0:
+                        values = check(epoch)
+                        loss_sum, loss_n = loss_sum + sum(values), loss_n + len(values)
+                        elapsed = train_seconds + time.perf_counter() - tic
+                        bar.update(advance=len(values), loss=values[-1], lr=lr, **{"img/s": images / max(elapsed, 1e-9)})
+                        if pos.step % log_every == 0:
+                            run.log({"epoch": epoch + 1, "step": pos.step, "lr": lr, "loss": values[-1],
+                                     **{k: float(v) for k, v in logs.items()}})
                     if on_step is not None:
                         on_step(pos)
-                    if interrupt.requested:
+                    if stop_requested(interrupt, ctx, pos.step % check_every == 0):
                         train_seconds += time.perf_counter() - tic
-                        save_state(run, model, optimizer, precision, pos, generator, extra_state() if extra_state else None)
+                        save(epoch)
                         raise Interrupted(f"stopped at step {pos.step}; resume state saved to {run.checkpoint_file}")
+                values = check(epoch)
+                loss_sum, loss_n = loss_sum + sum(values), loss_n + len(values)
             finally:
                 bar.close()
             train_seconds += time.perf_counter() - tic
@@ -146,7 +226,7 @@ def fit(*, model, optimizer, precision: Precision, schedule: Schedule, loader, s
             run.log(record)
             report(f"epoch {epoch + 1}/{epochs}  " + "  ".join(
                 f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items() if k not in ("epoch",)), ctx.is_main)
-            save_state(run, model, optimizer, precision, pos, generator, extra_state() if extra_state else None)
+            save(epoch)
     if not metrics:  # resumed after the last epoch's evaluation had already run
         metrics = evaluate()
     return {"metrics": metrics, "images_per_second": images / train_seconds if train_seconds > 0 else 0.0,

@@ -16,12 +16,22 @@ import yaml
 SUMMARY_KEYS = ("task", "metrics", "backbone", "dataset", "epochs", "wall_seconds", "images_per_second", "versions")
 
 
+def _umask() -> int:
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give: teammates on shared storage can read a run
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename: a reader sees the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -58,6 +68,15 @@ def versions() -> dict:
     return {"torch": torch.__version__, "torchvision": torchvision.__version__, "timm": timm.__version__, "bot": bot_version}
 
 
+def _record_step(line: str) -> float:
+    """A metrics line's step; a partial line (a kill mid-write) or a foreign one counts as past every step."""
+    try:
+        record = json.loads(line)
+        return float(record.get("step", 0)) if isinstance(record, dict) else float("inf")
+    except ValueError:
+        return float("inf")
+
+
 class RunDir:
     def __init__(self, path: str | Path, enabled: bool = True):
         self.path = Path(path)
@@ -88,7 +107,7 @@ class RunDir:
         """On resume, drop records logged after the checkpoint's step, so the log reads as one uninterrupted run."""
         if not (self.enabled and self.metrics_file.exists()):
             return
-        kept = [ln for ln in self.metrics_file.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        kept = [ln for ln in self.metrics_file.read_text().splitlines() if _record_step(ln) <= step]
         atomic_write_text(self.metrics_file, "".join(ln + "\n" for ln in kept))
 
     def write_summary(self, summary: dict) -> None:

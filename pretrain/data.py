@@ -132,7 +132,9 @@ def build_datasets(root: Path, cfg: dict, seed: int) -> ClassificationData:
 
 def build_loaders(data: ClassificationData, ctx: DistContext, batch_per_rank: int, workers: int, seed: int):
     on_gpu = ctx.device.type == "cuda"
-    common = dict(num_workers=workers, pin_memory=on_gpu, persistent_workers=workers > 0)
+    # a generator of its own: the workers' base seed never draws from (or shifts) the global RNG
+    common = dict(num_workers=workers, pin_memory=on_gpu, persistent_workers=workers > 0,
+                  generator=torch.Generator().manual_seed(seed))
     if workers > 0:
         common["prefetch_factor"] = 4
     sampler = EpochSampler(len(data.train), ctx, seed, shuffle=True, drop_last=True, batch_size=batch_per_rank)

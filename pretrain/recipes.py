@@ -8,11 +8,18 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from engine.config import load_yaml
+from engine.config import load_yaml, migrate, read_schema
 from engine.errors import BotError
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 META_KEYS = ("base", "description", "requires")
+# Keys that moved so that the three stages name the same things alike; old recipes and config.yaml files still read.
+RENAMED = {"schedule.epochs": "train.epochs", "optim.batch_size": "train.batch_size", "optim.lr": "train.lr"}
+
+
+def schema() -> dict:
+    """Every pretrain key's type and range (recipes/_schema.yaml, else the default's type)."""
+    return read_schema(RECIPE_DIR / "_schema.yaml", load_yaml(RECIPE_DIR / "_defaults.yaml"))
 
 
 def recipe_names() -> list[str]:
@@ -49,7 +56,7 @@ def load_recipe(name_or_file: str) -> dict:
     chain, seen = [], set()
     path = _path_of(name_or_file)
     while True:
-        data = load_yaml(path)
+        data = migrate(load_yaml(path), RENAMED)
         chain.append((path, data))
         base = data.get("base", "_defaults")
         if base == "_defaults":
@@ -75,7 +82,7 @@ def load_recipe(name_or_file: str) -> dict:
 
 def apply_synthetic_scale(config: dict) -> dict:
     """Scale a recipe to the synthetic set (no --data): small images, a few epochs, warmup of at most one epoch."""
-    over = load_yaml(RECIPE_DIR / "_synthetic.yaml")
+    over = migrate(load_yaml(RECIPE_DIR / "_synthetic.yaml"), RENAMED)
     had_warmup = config["schedule"]["warmup_epochs"] > 0
     _merge(config, over, load_yaml(RECIPE_DIR / "_defaults.yaml"), RECIPE_DIR / "_synthetic.yaml")
     config["schedule"]["warmup_epochs"] = 1 if had_warmup else 0

@@ -110,6 +110,20 @@ def parse_data(spec: str | None, num_classes: int | None = None, ignore_index: i
     raise BotError(f"--data {spec!r}: unknown layout {layout!r} (ade20k or folder)")
 
 
+def default_config() -> dict:
+    from engine.config import load_yaml
+    return load_yaml(Path(__file__).with_name("defaults.yaml"))
+
+
+def source_from_config(cfg: dict) -> SegSource:
+    """The data source a finetune-seg config names (also how evaluate-seg rebuilds a run's data)."""
+    d = cfg["data"]
+    synthetic = {"train": d["synthetic_train"], "val": d["synthetic_val"], "size": d["synthetic_size"]}
+    source = parse_data(d["spec"], d["num_classes"], d["ignore_index"], d["class_names"], synthetic)
+    source.splits = (d["train_split"] or source.splits[0], d["val_split"] or source.splits[1])
+    return source
+
+
 def list_pairs(source: SegSource, split: str) -> list[tuple[Path, Path]]:
     """(image, mask) pairs of a split, matched by file stem, with sizes and mask modes checked."""
     images_dir, masks_dir = source.folders(split)

@@ -127,7 +127,7 @@ def score_predictions(pred_dir: Path, source: SegSource, split: str) -> Confusio
 def run_from_cli(*, run=None, predictions=None, data=None, split=None, num_classes=None, ignore_index=None,
                  class_names=None, mode=None, batch_size=None, device=None, save_predictions=None, json_out=None) -> dict:
     """`bot evaluate-seg`: score a finetune-seg run dir, or a folder of predicted masks, on a split."""
-    from .train import source_from_config
+    from .data import source_from_config
 
     if (run is None) == (predictions is None):
         raise BotError("evaluate-seg: give exactly one of --run RUN_DIR or --predictions FOLDER")
@@ -175,7 +175,7 @@ def run_from_cli(*, run=None, predictions=None, data=None, split=None, num_class
 
 
 def _source(data, num_classes, ignore_index, class_names) -> SegSource:
-    from .train import default_config, source_from_config
+    from .data import default_config, source_from_config
 
     config = default_config()
     config["data"].update(spec=data, num_classes=num_classes, ignore_index=ignore_index, class_names=class_names)

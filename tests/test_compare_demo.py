@@ -30,12 +30,13 @@ def test_plan_keeps_each_recipes_variant(tmp_path):
         ("pretrain", "baseline"), ("finetune-detect", "baseline"), ("finetune-seg", "baseline"),
         ("pretrain", "resnet50d"), ("finetune-detect", "resnet50d"), ("finetune-seg", "resnet50d")]
     pre = steps[0].argv(resume=False)
-    assert pre[:4] == [sys.executable, "-m", "cli", "pretrain"]
+    from engine.launch import bot_argv
+    assert pre[:len(bot_argv()) + 1] == [*bot_argv(), "pretrain"]
     assert pre[pre.index("--arch") + 1] == "resnet18a"             # baseline is ResNet-50-A in the paper
     assert steps[3].args[steps[3].args.index("--arch") + 1] == "resnet18d"
     assert pre[-4:] == ["--epochs", "1", "--out", str(tmp_path / "pretrain" / "baseline")]   # extra args last
     assert steps[1].args[:2] == ["--backbone", str(tmp_path / "pretrain" / "baseline")]
-    assert steps[0].argv(resume=True)[4:] == ["--out", str(tmp_path / "pretrain" / "baseline"), "--resume"]
+    assert steps[0].argv(resume=True)[len(bot_argv()) + 1:] == ["--out", str(tmp_path / "pretrain" / "baseline"), "--resume"]
     with pytest.raises(BotError, match="teacher"):
         plan(["resnet50d-distill"], tmp_path)
 
@@ -48,6 +49,8 @@ class FakeStages:
         self.backbones = {}     # run dir -> --backbone it was started with (a resumed run keeps it, like config.yaml)
 
     def __call__(self, argv):
+        from engine.launch import bot_argv
+        argv = argv[len(bot_argv()) - 3:]  # as if started as [python, -m, cli, ...]
         self.calls.append(argv[3:])
         stage, out = argv[3], argv[argv.index("--out") + 1]
         if self.fail_on and self.fail_on in out:

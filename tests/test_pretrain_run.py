@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_cfg(data, **train):
-    sets = ["optim.batch_size=16", "data.workers=0", "train.log_every=1", "schedule.epochs=2",
+    sets = ["train.batch_size=16", "data.workers=0", "train.log_every=1", "train.epochs=2",
             "schedule.warmup_epochs=1", "schedule.kind=cosine", "data.image_size=32"]
     cfg = pt.resolve_config("resnet50d", sets, data=str(data), arch="resnet18d", precision="fp32", device="cpu")
     cfg["train"].update(train)
@@ -35,14 +35,15 @@ def tiny_cfg(data, **train):
 
 
 def test_run_directory_contract_and_timm_loading(tiny_imagefolder, tmp_path):
-    out = pt.train(tiny_cfg(tiny_imagefolder), tmp_path / "run")
+    out = tmp_path / "run"
+    pt.train(tiny_cfg(tiny_imagefolder), out)
     summary = json.loads((out / "summary.json").read_text())
     assert set(SUMMARY_KEYS) <= set(summary)
     assert summary["task"] == "pretrain" and 0 <= summary["metrics"]["top1"] <= summary["metrics"]["top5"] <= 1
     assert summary["backbone"]["sha256"] == sha256_file(out / "model.safetensors")
     assert summary["dataset"]["splits"] == {"train": 80, "val": 40}
     config = yaml.safe_load((out / "config.yaml").read_text())
-    assert config["model"]["arch"] == "resnet18d" and config["optim"]["batch_size"] == 16
+    assert config["model"]["arch"] == "resnet18d" and config["train"]["batch_size"] == 16
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "top1" in r] == [5, 10]
     assert records[0]["lr"] == 0.0  # warmup starts from 0
@@ -62,22 +63,20 @@ def test_run_directory_contract_and_timm_loading(tiny_imagefolder, tmp_path):
 
 def test_resume_after_interrupt_reaches_the_same_weights(tiny_imagefolder, tmp_path, monkeypatch):
     cfg = tiny_cfg(tiny_imagefolder, mixup_alpha=0.2, label_smoothing=0.1)
-    straight = pt.train(cfg, tmp_path / "straight")
+    straight = tmp_path / "straight"
+    pt.train(cfg, straight)
 
     def interrupt_at_step_7(pos):
         if pos.step == 7:
             os.kill(os.getpid(), signal.SIGINT)
 
-    real_fit = pt.fit
-    monkeypatch.setattr(pt, "fit", functools.partial(real_fit, on_step=interrupt_at_step_7))
     cfg2 = tiny_cfg(tiny_imagefolder, mixup_alpha=0.2, label_smoothing=0.1)
     cfg2["data"]["workers"] = 2  # per-sample seeding: the worker count must not change the result
     with pytest.raises(Interrupted):
-        pt.train(cfg2, tmp_path / "resumed")
+        pt.train(cfg2, tmp_path / "resumed", on_step=interrupt_at_step_7)
     state = torch.load(tmp_path / "resumed" / "last.ckpt", weights_only=True)
     assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (1, 2, 7)
     assert not (tmp_path / "resumed" / "summary.json").exists()
-    monkeypatch.setattr(pt, "fit", real_fit)
     pt.train(cfg2, tmp_path / "resumed", resume=True)
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(tmp_path / "resumed" / "model.safetensors"))
     assert a.keys() == b.keys()
@@ -97,7 +96,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tiny_
         return loss * float("nan") if calls["n"] == 7 else loss
 
     monkeypatch.setattr(pt, "soft_cross_entropy", poisoned)
-    with pytest.raises(BotError, match=r"loss is nan at step 6 \(epoch 2\)"):
+    with pytest.raises(BotError, match=r"loss is nan at step 6 \(epoch 2\): run stopped; .*last.ckpt keeps the last good state \(epoch 1, step 5\)"):
         pt.train(tiny_cfg(tiny_imagefolder), tmp_path / "nan")
     state = torch.load(tmp_path / "nan" / "last.ckpt", weights_only=True)
     assert state["epoch"] == 1 and state["step"] == 5
@@ -108,8 +107,9 @@ def test_distillation_run_with_teacher_file(tiny_imagefolder, tmp_path):
     teacher = create_backbone("resnet18a", num_classes=10)
     save_classifier(teacher, tmp_path / "teacher.safetensors", arch="resnet18a", num_classes=10, recipe="t", top1=None)
     cfg = tiny_cfg(tiny_imagefolder, teacher=str(tmp_path / "teacher.safetensors"))
-    cfg["schedule"]["epochs"] = 1
-    out = pt.train(cfg, tmp_path / "student")
+    cfg["train"]["epochs"] = 1
+    out = tmp_path / "student"
+    pt.train(cfg, out)
     assert json.loads((out / "summary.json").read_text())["task"] == "pretrain"
     wrong = create_backbone("resnet18a", num_classes=7)
     save_classifier(wrong, tmp_path / "t7.safetensors", arch="resnet18a", num_classes=7, recipe="t", top1=None)
@@ -204,10 +204,10 @@ def test_synthetic_scale_keeps_the_recipes_linear_scaling():
     from engine.schedules import scaled_lr
     for recipe, warmup in (("baseline", 0), ("resnet50d", 1), ("resnet50d-mixup", 1)):
         cfg = pt.resolve_config(recipe)
-        o, s = cfg["optim"], cfg["schedule"]
-        assert (o["batch_size"], o["base_lr"], o["lr"]) == (32, 0.1, None)
-        assert scaled_lr(o["base_lr"], o["batch_size"], o["base_batch"]) == pytest.approx(0.0125)
-        assert (s["epochs"], s["milestones"], s["warmup_epochs"]) == (16, [8, 12], warmup)
+        o, s, t = cfg["optim"], cfg["schedule"], cfg["train"]
+        assert (t["batch_size"], o["base_lr"], t["lr"]) == (32, 0.1, None)
+        assert scaled_lr(o["base_lr"], t["batch_size"], o["base_batch"]) == pytest.approx(0.0125)
+        assert (t["epochs"], s["milestones"], s["warmup_epochs"]) == (16, [8, 12], warmup)
         assert cfg["data"]["path"] is None and cfg["data"]["synthetic"]["train_per_class"] == 600
     real = pt.resolve_config("resnet50d", data="/data/imagenet")
-    assert (real["optim"]["batch_size"], real["schedule"]["epochs"], real["data"]["image_size"]) == (1024, 120, 224)
+    assert (real["train"]["batch_size"], real["train"]["epochs"], real["data"]["image_size"]) == (1024, 120, 224)

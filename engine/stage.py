@@ -1,0 +1,278 @@
+"""One lifecycle for the three training stages (pretrain, finetune-detect, finetune-seg), command line to summary.
+
+`launch` does, for every stage alike and before any work starts:
+  1. the configuration: defaults (+ the stage's synthetic overlay), CLI options, `--set` pairs, then every value's
+     type and range checked (engine/schema.py); with `--resume`, the run's own config.yaml, where only the safe
+     overrides (RESUME_OVERRIDES: lr, workers, device, eval and log cadence) may change;
+  2. the run-directory policy: a finished run is reported, not redone; an unfinished one needs `--resume`;
+  3. writability of the run directory and of the synthetic-data cache, a lock on the run directory (released by the
+     OS when the process dies, so a stale lock never blocks), and removal of temporaries a killed run left.
+Then it sets up the process group and hands the stage a `Session`: DDP wrap, per-rank batch, DataLoaders with
+their own generators, resume state, `fit`, wall time across resumes, and the summary written last.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import yaml
+
+from . import distributed as dist
+from .config import apply_options, apply_sets, migrate
+from .errors import BotError
+from .loop import fit, restore_state
+from .precision import Precision
+from .progress import report
+from .rundir import RunDir, versions
+from .schema import flatten, validate
+
+# What may change when a run is continued: where and how fast it runs, not what it computes (lr is allowed so that
+# a diverged run can go on at a lower rate).
+RESUME_OVERRIDES = ("train.lr", "data.workers", "train.device", "train.eval_every", "train.log_every")
+
+
+@dataclass
+class StageDef:
+    task: str                                         # pretrain | detect | segment (summary.json's task)
+    command: str                                      # the CLI command, for messages
+    option_keys: dict[str, str]                       # CLI option name -> config key
+    defaults: Callable[[dict, tuple], dict]           # (given options as config keys, sets) -> defaults + overlays
+    schema: Callable[[], dict]                        # config key -> engine.schema.Spec
+    check: Callable[[dict], None] = lambda cfg: None  # cross-key checks after types and ranges
+    default_out: Callable[[dict], Path] = lambda cfg: Path("runs/run")
+    cache_dir: Callable[[dict], Path | None] = lambda cfg: None  # where synthetic data will be written, if any
+    renamed: dict = field(default_factory=dict)       # old key -> present key
+
+
+def flag_of(stage: StageDef, key: str) -> str:
+    for option, k in stage.option_keys.items():
+        if k == key:
+            return "--" + option.replace("_", "-")
+    return f"--set {key}"
+
+
+def fresh_config(stage: StageDef, options: dict, sets=()) -> dict:
+    keyed = {stage.option_keys[k]: v for k, v in options.items() if v is not None}
+    cfg = stage.defaults(keyed, tuple(sets))
+    origins: dict = {}
+    apply_options(cfg, keyed, origins, {k: flag_of(stage, k) for k in keyed})
+    apply_sets(cfg, sets, origins=origins, renamed=stage.renamed)
+    validate(cfg, stage.schema(), origins)
+    stage.check(cfg)
+    return cfg
+
+
+def resumed_config(stage: StageDef, out: Path, options: dict, sets=()) -> dict:
+    """The run's own config.yaml, checked like a fresh one; only RESUME_OVERRIDES may be given beside --resume."""
+    run = RunDir(out, enabled=False)
+    try:
+        cfg = yaml.safe_load(run.config_file.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise BotError(f"{run.config_file}: cannot read the run's config ({str(e).splitlines()[0][:100]})") from None
+    if not isinstance(cfg, dict):
+        raise BotError(f"{run.config_file}: not a bot config (expected a mapping)")
+    migrate(cfg, stage.renamed)
+    specs = stage.schema()
+    unknown = [k for k in flatten(cfg) if k not in specs and not any(s.startswith(k + ".") for s in specs)
+               and not any(k.startswith(s + ".") for s in specs)  # inside a free-form value (model.normalize)
+               and k.split(".")[0] not in ("recipe", "requires", "description")]
+    missing = [k for k in specs if k not in flatten(cfg) and not any(k.startswith(f + ".") for f in flatten(cfg))]
+    if unknown or len(missing) > len(specs) // 2:
+        raise BotError(f"{run.config_file}: not a {stage.command} run's config (unknown key {(unknown or missing)[0]!r})")
+    keyed = {stage.option_keys[k]: v for k, v in options.items() if v is not None}
+    set_keys = [stage.renamed.get(p.split("=", 1)[0].strip(), p.split("=", 1)[0].strip()) for p in sets]
+    refused = [flag_of(stage, k) for k in keyed if k not in RESUME_OVERRIDES] + \
+              [f"--set {k}" for k in set_keys if k not in RESUME_OVERRIDES]
+    if refused:
+        allowed = ", ".join(flag_of(stage, k) for k in RESUME_OVERRIDES)
+        raise BotError(f"--resume continues {run.config_file} as configured: {', '.join(refused)} cannot change "
+                       f"(allowed with --resume: {allowed})")
+    origins: dict = {}
+    for k in missing:  # keys added since the run was written take their defaults
+        node, default = cfg, stage.defaults({}, ())
+        for part in k.split(".")[:-1]:
+            node, default = node.setdefault(part, {}), default[part]
+        node[k.split(".")[-1]] = default[k.split(".")[-1]]
+    apply_options(cfg, keyed, origins, {k: flag_of(stage, k) for k in keyed})
+    apply_sets(cfg, sets, origins=origins, renamed=stage.renamed)
+    validate(cfg, specs, {**{k: str(run.config_file) for k in specs}, **origins})
+    return cfg
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Create `path` as a folder (if needed) and write a probe file there: one line when that is not possible."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BotError(f"{path}: {what} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise BotError(f"{path}: {what} is not writable ({e.strerror or type(e).__name__})") from None
+
+
+class RunLock:
+    """An exclusive lock on a run directory for this process's life; a second run on the same folder is refused.
+
+    flock, not a pid file: the OS drops it when the holder dies (even by SIGKILL), so a stale lock cannot block.
+    """
+
+    def __init__(self, folder: Path, enabled: bool = True):
+        self.path, self.enabled, self.fd = Path(folder) / ".lock", enabled, None
+
+    def __enter__(self):
+        if not self.enabled:
+            return self
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(self.fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(self.fd)
+            self.fd = None
+            raise BotError(f"{self.path.parent}: another bot run is using this folder ({holder}); "
+                           f"wait for it or choose another --out") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"pid {os.getpid()} on {os.uname().nodename}".encode())
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the flock
+            self.fd = None
+
+
+def remove_temporaries(folder: Path) -> None:
+    """Half-written files (`.name.XXXX.tmp`) that a kill during an atomic write left behind."""
+    for tmp in Path(folder).glob(".*.tmp"):
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
+@dataclass
+class Session:
+    """What a stage's training function gets: its config, the process context, the run dir, and the shared steps."""
+    stage: StageDef
+    cfg: dict
+    out: Path
+    resume: bool
+    ctx: dist.DistContext
+    run: RunDir
+    started: float = field(default_factory=time.time)
+    wall_before: float = 0.0
+    on_step: Callable | None = None
+
+    @property
+    def seed(self) -> int:
+        return int(self.cfg["train"]["seed"])
+
+    def per_rank(self, global_batch: int) -> int:
+        if global_batch % self.ctx.world_size:
+            raise BotError(f"--batch-size {global_batch}: does not split over {self.ctx.world_size} processes")
+        return global_batch // self.ctx.world_size
+
+    def ddp(self, model: torch.nn.Module) -> torch.nn.Module:
+        if not self.ctx.distributed:
+            return model
+        return torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[self.ctx.device.index] if self.ctx.device.type == "cuda" else None,
+            gradient_as_bucket_view=True)
+
+    def loader(self, dataset, **kwargs) -> torch.utils.data.DataLoader:
+        """A DataLoader with a generator of its own (worker seeds never touch the global RNG) and pinned memory on GPUs."""
+        kwargs.setdefault("generator", torch.Generator().manual_seed(self.seed))
+        kwargs.setdefault("pin_memory", self.ctx.device.type == "cuda")
+        return torch.utils.data.DataLoader(dataset, **kwargs)
+
+    def wall_seconds(self) -> float:
+        return self.wall_before + time.time() - self.started
+
+    def fit(self, *, model, optimizer, precision: Precision, **kwargs) -> dict:
+        """Restore the resume state (when resuming) or write config.yaml, then engine.loop.fit."""
+        start = None
+        if self.resume and self.run.checkpoint_file.exists():
+            start, extra = restore_state(self.run, model, optimizer, precision, task=self.stage.task)
+            self.wall_before = float(extra.get("wall_seconds", 0.0))
+            report(f"resuming {self.out} at epoch {start.epoch + 1}, step {start.step}", self.ctx.is_main)
+        elif self.ctx.is_main:
+            if self.run.metrics_file.exists():
+                self.run.metrics_file.unlink()
+            self.run.write_config(self.cfg)
+        return fit(model=model, optimizer=optimizer, precision=precision, run=self.run, ctx=self.ctx, start=start,
+                   seed=self.seed, task=self.stage.task, on_step=self.on_step,
+                   extra_state=lambda: {"wall_seconds": self.wall_seconds()}, **kwargs)
+
+    def finish(self, summary: dict, fit_result: dict) -> dict:
+        """summary.json, written last and atomically by rank 0: the stage's fields plus the ones every stage shares."""
+        full = {"task": self.stage.task, **summary, "epochs": self.cfg["train"]["epochs"],
+                "wall_seconds": self.wall_seconds(), "images_per_second": fit_result["images_per_second"],
+                "versions": versions()}
+        self.run.write_summary(full)
+        return full
+
+
+def launch(stage: StageDef, train: Callable[[Session], dict], *, out=None, resume: bool = False, sets=(),
+           on_step=None, **options) -> dict:
+    """From the command line's options: resolve and check the config, then `run_config`."""
+    if resume:
+        if not out:
+            raise BotError("--resume needs --out, the run directory to continue")
+        run = RunDir(out, enabled=False)
+        if not run.config_file.is_file():
+            raise BotError(f"{out}: no run to resume here (no config.yaml)")
+        if run.finished():
+            report(f"{out}: already finished (summary.json present); nothing to do")
+            return _read_summary(run)
+        cfg = resumed_config(stage, Path(out), options, sets)
+    else:
+        cfg = fresh_config(stage, options, sets)
+        out = out or stage.default_out(cfg)
+    return run_config(stage, train, cfg, Path(out), resume, on_step)
+
+
+def run_config(stage: StageDef, train: Callable[[Session], dict], cfg: dict, out: Path, resume: bool = False,
+               on_step=None) -> dict:
+    """Run `train(session)` on a resolved config: checks, run-dir policy, lock, process group; returns the summary."""
+    validate(cfg, stage.schema())
+    out = Path(out)
+    run = RunDir(out, enabled=False)
+    if resume and run.finished():
+        report(f"{out}: already finished (summary.json present); nothing to do")
+        return _read_summary(run)
+    if not resume and run.finished():
+        raise BotError(f"{out}: holds a finished run (summary.json); choose another --out")
+    if not resume and (run.checkpoint_file.exists() or run.config_file.exists()):
+        raise BotError(f"{out}: holds an unfinished run; add --resume to continue it or choose another --out")
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        check_writable(out, "--out")
+        cache = stage.cache_dir(cfg)
+        if cache is not None:
+            check_writable(cache, "the synthetic data cache ($BOT_CACHE)")
+    with RunLock(out, enabled=rank == 0):
+        if rank == 0:
+            remove_temporaries(out)
+        ctx = dist.setup(cfg["train"]["device"])
+        try:
+            session = Session(stage, cfg, out, resume, ctx, RunDir(out, enabled=ctx.is_main), on_step=on_step)
+            return train(session)
+        finally:
+            dist.cleanup()
+
+
+def _read_summary(run: RunDir) -> dict:
+    import json
+
+    try:
+        return json.loads(run.summary_file.read_text())
+    except (OSError, ValueError) as e:
+        raise BotError(f"{run.summary_file}: unreadable ({e})") from None

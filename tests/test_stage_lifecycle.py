@@ -1,0 +1,335 @@
+"""The shared stage lifecycle (engine/stage.py) and typed configuration (engine/schema.py), for all three stages:
+bad values refused before anything is written, the start/resume policy, the run-directory lock, writability,
+file modes, stale temporaries, truthful divergence messages, and the import rules of the house."""
+import ast
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from cli import main
+from engine.errors import BotError
+from engine.schema import Invalid, coerce, parse_spec
+from engine.stage import RunLock, check_writable
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = {
+    "pretrain": ["pretrain", "--arch", "resnet18d"],
+    "detect": ["finetune-detect", "--backbone", "resnet18d"],
+    "segment": ["finetune-seg", "--backbone", "resnet18d"],
+}
+# (stage, extra args, text the one error line must hold)
+BAD_VALUES = [
+    ("pretrain", ["--set", "optim.weight_decay=abc"], "--set optim.weight_decay = 'abc': expected a number >= 0"),
+    ("pretrain", ["--set", "train.label_smoothing=abc"], "train.label_smoothing"),
+    ("pretrain", ["--set", "train.label_smoothing=1.5"], "out of range"),
+    ("pretrain", ["--set", "data.scale=0.5"], "data.scale = 0.5: expected a list of 2 numbers"),
+    ("pretrain", ["--set", "schedule.milestones=abc"], "schedule.milestones"),
+    ("pretrain", ["--set", "schedule.kind=linear"], "expected step or cosine"),
+    ("pretrain", ["--set", "train.log_every=0.1"], "(not a fraction)"),
+    ("pretrain", ["--batch-size", "0"], "--batch-size (train.batch_size) = 0: out of range"),
+    ("pretrain", ["--batch-size", "-4"], "--batch-size (train.batch_size) = -4"),
+    ("pretrain", ["--image-size", "0"], "--image-size (data.image_size) = 0"),
+    ("pretrain", ["--lr", "-1"], "--lr (train.lr) = -1.0"),
+    ("pretrain", ["--workers", "-1"], "--workers (data.workers) = -1"),
+    ("pretrain", ["--epochs", "0"], "--epochs (train.epochs) = 0"),
+    ("pretrain", ["--epochs", "-1"], "--epochs (train.epochs) = -1"),
+    ("pretrain", ["--set", "schedule.epochs=0"], "train.epochs"),  # the former name still works, and is checked
+    ("detect", ["--set", "train.weight_decay=abc"], "train.weight_decay"),
+    ("detect", ["--set", "data.classes=raccoon"], "data.classes = 'raccoon': expected a list of strings"),
+    ("detect", ["--set", "model.trainable_stages=7"], "model.trainable_stages"),
+    ("detect", ["--batch-size", "0"], "--batch-size (train.batch_size) = 0"),
+    ("detect", ["--image-size", "0"], "--image-size (data.min_size) = 0"),
+    ("detect", ["--lr", "-1"], "--lr (train.lr)"),
+    ("detect", ["--workers", "-1"], "--workers (data.workers)"),
+    ("detect", ["--epochs", "0"], "--epochs (train.epochs) = 0"),
+    ("detect", ["--epochs", "-1"], "--epochs (train.epochs) = -1"),
+    ("segment", ["--set", "train.weight_decay=abc"], "train.weight_decay"),
+    ("segment", ["--set", "eval.mode=fancy"], "expected whole or slide"),
+    ("segment", ["--batch-size", "0"], "--batch-size (train.batch_size) = 0"),
+    ("segment", ["--image-size", "0"], "data.base_size"),
+    ("segment", ["--lr", "-1"], "--lr (train.lr)"),
+    ("segment", ["--workers", "-1"], "--workers (data.workers)"),
+    ("segment", ["--epochs", "0"], "--epochs (train.epochs) = 0"),
+]
+
+
+def one_error(args, code=2):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == code, (args, result.output, result.exception)
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    return errors[0]
+
+
+@pytest.mark.parametrize("stage,extra,message", BAD_VALUES, ids=[f"{s}{' '.join(a)}" for s, a, _ in BAD_VALUES])
+def test_bad_values_are_refused_before_anything_is_written(tmp_path, stage, extra, message):
+    out = tmp_path / "run"
+    line = one_error([*STAGES[stage], *extra, "--out", out])
+    assert message in line, line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("text,value,expected", [
+    ("float >= 0", "5e-5", 5e-5), ("float [0, 1)", "1e-1", 0.1), ("float > 0 | null", None, None),
+    ("int >= 1", "16", 16), ("float", 3, 3.0), ("list[float >= 0]", [30, 60], [30.0, 60.0]),
+    ("int [0, 5] | auto", "auto", "auto"), ("int [0, 5] | auto", 3, 3), ("list[int >= 1] | auto", [32, 64], [32, 64]),
+    ("str?", 2007, "2007"), ("step | cosine", "cosine", "cosine"),
+])
+def test_values_are_coerced_to_their_declared_type(text, value, expected):
+    got = coerce(value, parse_spec(text))
+    assert got == expected and type(got) is type(expected)
+
+
+@pytest.mark.parametrize("text,value", [
+    ("int >= 1", 0.1), ("int >= 1", True), ("int >= 1", 0), ("float >= 0", "abc"), ("float >= 0", float("nan")),
+    ("list[str]", "raccoon"), ("list[float (0, 1]] len 2", [0.5]), ("bool", "yes"), ("step | cosine", "poly"),
+    ("float (0, 1]", 0.0), ("path?", ""),
+])
+def test_values_that_do_not_fit_are_invalid(text, value):
+    with pytest.raises(Invalid):
+        coerce(value, parse_spec(text))
+
+
+def test_every_default_key_has_a_type():
+    from detection.train import schema as detect_schema
+    from pretrain.recipes import schema as pretrain_schema
+    from segmentation.train import schema as segment_schema
+    for schema in (pretrain_schema(), detect_schema(), segment_schema()):
+        assert all(spec.kind or spec.literals for spec in schema.values())
+
+
+def test_the_three_stages_name_shared_settings_alike():
+    import pretrain.train as pt
+    from detection.train import resolve_config as detect_config
+    from segmentation.train import resolve_config as segment_config
+    configs = [pt.resolve_config("resnet50d", ["optim.weight_decay=5e-5"]),
+               detect_config({"backbone": "resnet18d"}, ["train.weight_decay=5e-5"]),
+               segment_config({"backbone": "resnet18d"}, ["train.weight_decay=5e-5"])]
+    for cfg in configs:
+        assert {"epochs", "batch_size", "lr", "precision", "device", "seed", "eval_every", "log_every"} <= set(cfg["train"])
+        assert "workers" in cfg["data"]
+    assert configs[0]["optim"]["weight_decay"] == 5e-5 and configs[1]["train"]["weight_decay"] == 5e-5
+
+
+def test_old_config_keys_still_resume(tmp_path):
+    """A config.yaml written before the keys moved (schedule.epochs, optim.batch_size, optim.lr) reads as today's."""
+    import pretrain.train as pt
+    from engine.stage import resumed_config
+    cfg = pt.resolve_config("resnet50d")
+    old = json.loads(json.dumps(cfg))
+    old["schedule"]["epochs"] = old["train"].pop("epochs")
+    old["optim"]["batch_size"] = old["train"].pop("batch_size")
+    old["optim"]["lr"] = old["train"].pop("lr")
+    old["optim"]["weight_decay"] = "5e-5"  # as a YAML string, the way an older bot wrote it
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    again = resumed_config(pt.STAGE, tmp_path, {})
+    assert again["train"]["epochs"] == cfg["train"]["epochs"] and again["train"]["batch_size"] == cfg["train"]["batch_size"]
+    assert again["optim"]["weight_decay"] == 5e-5
+
+
+def test_resume_takes_safe_overrides_and_refuses_the_rest(tmp_path):
+    import pretrain.train as pt
+    from engine.stage import resumed_config
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(pt.resolve_config("resnet50d")))
+    cfg = resumed_config(pt.STAGE, tmp_path, {"lr": 0.001, "workers": 0}, ["train.log_every=5"])
+    assert (cfg["train"]["lr"], cfg["data"]["workers"], cfg["train"]["log_every"]) == (0.001, 0, 5)
+    with pytest.raises(BotError, match=r"--batch-size, --set optim.weight_decay cannot change \(allowed with --resume: --lr"):
+        resumed_config(pt.STAGE, tmp_path, {"batch_size": 8}, ["optim.weight_decay=0.1"])
+    line = one_error(["pretrain", "--out", tmp_path, "--resume", "--epochs", "3"])
+    assert "--epochs cannot change" in line
+    # a detection run's config is not a pretrain run's
+    from detection.train import resolve_config as detect_config
+    other = tmp_path / "det"
+    other.mkdir()
+    (other / "config.yaml").write_text(yaml.safe_dump(detect_config({"backbone": "resnet18d"})))
+    assert "not a pretrain run's config" in one_error(["pretrain", "--out", other, "--resume"])
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "not a readable resume state"),
+    (b"garbage", "not a readable resume state"),
+    ("other-task", "a resume state of a detect run"),
+    ("other-arch", "does not fit this run's model"),
+])
+def test_a_bad_resume_state_is_one_line(tiny_imagefolder, tmp_path, content, message):
+    import pretrain.train as pt
+    from engine.loop import Position, save_state
+    from engine.precision import Precision
+    from engine.rundir import RunDir
+    from pretrain.backbones import create_backbone
+    cfg = pt.resolve_config("resnet50d", ["data.workers=0", "train.batch_size=16", "data.image_size=32"],
+                            data=str(tiny_imagefolder), arch="resnet18d", device="cpu", epochs=1)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg))
+    if isinstance(content, bytes):
+        (out / "last.ckpt").write_bytes(content)
+    else:
+        model = create_backbone("resnet26d" if content == "other-arch" else "resnet18d", num_classes=10)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        save_state(RunDir(out), model, opt, Precision("fp32", torch.device("cpu")), Position(0, 1, 1),
+                   task="detect" if content == "other-task" else "pretrain")
+    line = one_error(["pretrain", "--out", out, "--resume"])
+    assert message in line and "last.ckpt" in line
+    assert not (out / "summary.json").exists()
+
+
+def test_a_finished_run_is_reported_not_redone(tiny_imagefolder, tmp_path):
+    args = ["pretrain", "--data", tiny_imagefolder, "--arch", "resnet18d", "--epochs", "1", "--batch-size", "16",
+            "--image-size", "32", "--workers", "0", "--device", "cpu", "--out", tmp_path / "r"]
+    assert CliRunner().invoke(main, [str(a) for a in args]).exit_code == 0
+    summary = (tmp_path / "r" / "summary.json").read_text()
+    for f in ("config.yaml", "summary.json", "model.safetensors", "last.ckpt", "metrics.jsonl"):
+        mode = stat.S_IMODE((tmp_path / "r" / f).stat().st_mode)
+        assert mode & 0o044 == 0o044, (f, oct(mode))  # readable by the group and others, like any file the user makes
+    result = CliRunner().invoke(main, ["pretrain", "--out", str(tmp_path / "r"), "--resume"])
+    assert result.exit_code == 0 and "already finished" in result.output
+    assert (tmp_path / "r" / "summary.json").read_text() == summary
+    assert "holds a finished run" in one_error(args)
+
+
+def test_non_finite_loss_in_the_first_epoch_says_no_state_was_kept(tiny_imagefolder, tmp_path, monkeypatch):
+    import pretrain.train as pt
+    real = pt.soft_cross_entropy
+    monkeypatch.setattr(pt, "soft_cross_entropy", lambda logits, target: real(logits, target) * float("inf"))
+    cfg = pt.resolve_config("resnet50d", ["data.workers=0", "train.batch_size=16", "data.image_size=32"],
+                            data=str(tiny_imagefolder), arch="resnet18d", device="cpu", epochs=1)
+    with pytest.raises(BotError, match=r"loss is (inf|nan) at step 0 \(epoch 1\).*no resume state was written"):
+        pt.train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "last.ckpt").exists() and not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_non_finite_weights_are_never_saved(tiny_imagefolder, tmp_path, monkeypatch):
+    """A finite loss whose step made the weights NaN, on the epoch's last batch: the epoch's state is not written."""
+    import pretrain.train as pt
+    from engine.precision import Precision
+    real = Precision.backward_and_step
+    calls = {"n": 0}
+
+    def poison(self, loss, optimizer, clip_grad=0.0, params=None):
+        real(self, loss, optimizer, clip_grad, params)
+        calls["n"] += 1
+        if calls["n"] == 10:  # the last of epoch 2's 5 steps
+            with torch.no_grad():
+                next(iter(params)).fill_(float("nan"))
+
+    monkeypatch.setattr(Precision, "backward_and_step", poison)
+    cfg = pt.resolve_config("resnet50d", ["data.workers=0", "train.batch_size=16", "data.image_size=32"],
+                            data=str(tiny_imagefolder), arch="resnet18d", device="cpu", epochs=2)
+    with pytest.raises(BotError, match=r"weights became non-finite by step 10 \(epoch 2\).*keeps the last good state \(epoch 1, step 5\)"):
+        pt.train(cfg, tmp_path / "run")
+    assert torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["step"] == 5
+
+
+def test_run_directory_lock_refuses_a_second_run_and_frees_on_exit(tmp_path):
+    with RunLock(tmp_path):
+        with pytest.raises(BotError, match="another bot run is using this folder"):
+            with RunLock(tmp_path):
+                pass
+    with RunLock(tmp_path):  # released, and a lock file left by a dead process does not block
+        pass
+
+
+def test_a_locked_run_directory_is_refused_by_the_cli(tiny_imagefolder, tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    with RunLock(out):
+        line = one_error(["pretrain", "--data", tiny_imagefolder, "--arch", "resnet18d", "--epochs", "1",
+                          "--image-size", "32", "--device", "cpu", "--out", out])
+    assert "another bot run is using this folder" in line and not (out / "config.yaml").exists()
+
+
+def test_unwritable_places_are_refused_first(tmp_path, monkeypatch):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert "--out is a file" in one_error([*STAGES["pretrain"], "--out", a_file])
+    assert "not writable" in one_error([*STAGES["detect"], "--out", a_file / "run"])
+    monkeypatch.setenv("BOT_CACHE", str(a_file))
+    line = one_error([*STAGES["segment"], "--out", tmp_path / "seg"])
+    assert "synthetic data cache" in line and not (tmp_path / "seg" / "config.yaml").exists()
+    with pytest.raises(BotError, match="is a file"):
+        check_writable(a_file, "--out")
+
+
+def test_temporaries_left_by_a_kill_are_removed_on_resume(tiny_imagefolder, tmp_path):
+    import pretrain.train as pt
+    cfg = pt.resolve_config("resnet50d", ["data.workers=0", "train.batch_size=16", "data.image_size=32"],
+                            data=str(tiny_imagefolder), arch="resnet18d", device="cpu", epochs=1)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (out / ".last.ckpt.x1y2.tmp").write_bytes(b"half")
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')  # a kill mid-line
+    pt.train(cfg, out, resume=True)
+    assert not list(out.glob(".*.tmp"))
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        json.loads(line)
+
+
+def test_demo_args_with_broken_quotes_are_one_line(tmp_path):
+    assert "--pretrain-args" in one_error(["demo", "--out", tmp_path / "d", "--pretrain-args", "--epochs '1"])
+
+
+def test_child_processes_cannot_pick_up_a_strangers_cli_py(tmp_path):
+    from engine.launch import bot_argv
+    (tmp_path / "cli.py").write_text("open('hijacked', 'w').write('x')\n")
+    proc = subprocess.run([*bot_argv(), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", "")})
+    assert proc.returncode == 0 and "pretrain" in proc.stdout, proc.stderr
+    assert not (tmp_path / "hijacked").exists()
+
+
+# ---- the import rules of DESIGN (docs/design.md): no cycles, and engine/compare/synthetic import no stage ----
+PACKAGES = ("engine", "pretrain", "detection", "segmentation", "synthetic", "compare")
+STAGE_PACKAGES = ("pretrain", "detection", "segmentation")
+
+
+def _module_imports() -> dict[str, set[str]]:
+    graph = {}
+    for pkg in PACKAGES:
+        for path in (ROOT / pkg).rglob("*.py"):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            deps = set()
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom):
+                    if node.level:
+                        base = name.split(".")[: -node.level] if not path.name == "__init__.py" else name.split(".")[: len(name.split(".")) - node.level + 1]
+                        target = ".".join(base + ([node.module] if node.module else []))
+                    else:
+                        target = node.module or ""
+                    deps.add(target)
+                    deps.update(f"{target}.{a.name}" for a in node.names)
+                elif isinstance(node, ast.Import):
+                    deps.update(a.name for a in node.names)
+            graph[name] = deps
+    return {m: {d for d in deps if d in graph} for m, deps in graph.items()}
+
+
+def test_no_import_cycles_and_no_stage_imports_from_engine_compare_or_synthetic():
+    graph = _module_imports()
+    for module, deps in graph.items():
+        if module.split(".")[0] in ("engine", "compare", "synthetic"):
+            bad = [d for d in deps if d.split(".")[0] in STAGE_PACKAGES]
+            assert not bad, f"{module} imports a stage: {bad}"
+    state: dict[str, int] = {}
+
+    def visit(m, trail):
+        state[m] = 1
+        for d in graph[m]:
+            if state.get(d) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(trail[trail.index(d):] + [d]))
+            if d not in state:
+                visit(d, trail + [d])
+        state[m] = 2
+
+    for m in graph:
+        if m not in state:
+            visit(m, [m])
