@@ -24,6 +24,7 @@ SHARED_TRAINING_OPTIONS = [
     click.option("--device", help="cpu, cuda, cuda:N (default: cuda if available)."),
     click.option("--workers", type=int, help="DataLoader workers per process."),
     click.option("--seed", type=int),
+    click.option("--compile/--no-compile", "compile_model", default=None, help="torch.compile the network (off by default)."),
     click.option("--resume", is_flag=True, help="Continue the interrupted run in --out."),
     click.option("--nproc", type=int, default=1, show_default=True, help="Launch this many processes on this machine (torchrun)."),
 ]
@@ -81,10 +82,16 @@ def pretrain(nproc, **options):
 
 
 @main.command()
-def recipes():
-    """List the shipped pretrain recipes."""
-    from pretrain.recipes import describe_recipes
-    click.echo(describe_recipes())
+@click.argument("files", nargs=-1, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print name, arch, variant, depth, requires, epochs as JSON.")
+def recipes(files, as_json):
+    """List the shipped pretrain recipes (and describe recipe FILES given)."""
+    from pretrain.recipes import describe_recipes, recipe_catalogue
+    if as_json:
+        import json
+        click.echo(json.dumps(recipe_catalogue(files)))
+    else:
+        click.echo(describe_recipes())
 
 
 # ---- compare --------------------------------------------------------------------------------------------------

@@ -7,9 +7,10 @@ Re-running skips finished runs (summary.json) and resumes interrupted ones (last
 """
 from __future__ import annotations
 
+import functools
+import json
 import shlex
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,11 +62,18 @@ def split_args(flag: str, text: str | None) -> list[str]:
         raise BotError(f"{flag} {text!r}: {e} (quote it as you would in a shell)") from None
 
 
+@functools.lru_cache(maxsize=None)
+def catalogue(files: tuple[str, ...] = ()) -> dict[str, dict]:
+    """The recipes as `bot recipes --json` describes them: compare asks the stage, it does not import it."""
+    proc = subprocess.run([*bot_argv(), "recipes", "--json", *files], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BotError((proc.stderr.strip().splitlines() or ["bot recipes failed"])[-1].removeprefix("error: "))
+    return {row["name"]: row for row in json.loads(proc.stdout)}
+
+
 def resolve_recipes(text: str) -> list[str]:
     """`baseline,resnet50d,+cosine,+label-smoothing` -> recipe names; `+x` extends the last plain name: `resnet50d-x`."""
-    from pretrain.recipes import recipe_names
-
-    known = recipe_names()
+    known = list(catalogue())
     names, anchor = [], None
     for token in (t.strip() for t in text.split(",")):
         if not token:
@@ -87,26 +95,25 @@ def resolve_recipes(text: str) -> list[str]:
     return names
 
 
+def recipe_info(recipe: str) -> dict:
+    known = catalogue()
+    return known[recipe] if recipe in known else catalogue((recipe,))[recipe]
+
+
 def demo_arch(recipe: str, depth: int) -> str:
     """The recipe's ResNet variant (A/B/C/D) at the demo's depth: baseline (resnet50a) -> resnet18a."""
-    from pretrain.backbones import parse_arch
-    from pretrain.recipes import load_recipe
-
-    _, _, variant = parse_arch(load_recipe(recipe)["model"]["arch"])
-    return f"resnet{depth}{variant.lower()}"
+    return f"resnet{depth}{recipe_info(recipe)['variant'].lower()}"
 
 
 def plan(recipes: list[str], out: Path, *, depth: int = 18, teacher: str | None = None,
          extra: dict[str, list[str]] | None = None) -> list[Step]:
-    from pretrain.recipes import load_recipe
-
     extra = extra or {}
     steps = []
     for recipe in recipes:
         name = Path(recipe).stem
         pre = out / "pretrain" / name
         args = ["--recipe", recipe, "--arch", demo_arch(recipe, depth), *DEMO_ARGS["pretrain"]]
-        if "teacher" in load_recipe(recipe).get("requires", []):
+        if "teacher" in recipe_info(recipe)["requires"]:
             if not teacher:
                 raise BotError(f"--recipes: {recipe!r} distils from a teacher; give --teacher RUN_DIR|FILE.safetensors")
             args += ["--teacher", str(teacher)]

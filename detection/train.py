@@ -27,7 +27,8 @@ HERE = Path(__file__).parent
 OPTION_KEYS = {"backbone": "model.backbone", "data": "data.spec", "train_sets": "data.train_sets",
                "val_set": "data.val_set", "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
                "image_size": "data.min_size", "max_size": "data.max_size", "precision": "train.precision",
-               "device": "train.device", "workers": "data.workers", "seed": "train.seed"}
+               "device": "train.device", "workers": "data.workers", "seed": "train.seed",
+               "compile_model": "train.compile"}
 RENAMED = {"backbone": "model.backbone", "device": "train.device"}
 
 
@@ -97,7 +98,7 @@ def train_session(session: Session) -> dict:
     # recorded resolved, so that config.yaml says what ran and a rebuild from it makes the same modules
     cfg["model"] = m = resolve_auto(m, is_arch_name(str(m["backbone"])))
     model, info = build_detector(m["backbone"], len(train_split.classes), m, d["min_size"], d["max_size"])
-    model.to(ctx.device)
+    session.place(model)
     net = session.ddp(model)
 
     batch = session.per_rank(t["batch_size"])
@@ -112,7 +113,8 @@ def train_session(session: Session) -> dict:
 
     lr = t["lr"] if t["lr"] is not None else scaled_lr(t["base_lr"], t["batch_size"], t["base_batch"])
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=t["momentum"], weight_decay=t["weight_decay"])
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=t["momentum"], weight_decay=t["weight_decay"],
+                                **session.optimizer_options())
     schedule = Schedule(lr, t["epochs"] * steps_per_epoch, min(t["warmup_iters"], steps_per_epoch), kind="step",
                         milestones=[int(e * steps_per_epoch) for e in t["lr_decay_epochs"]], gamma=t["lr_decay"])
     precision = Precision(t["precision"], ctx.device)

@@ -46,4 +46,5 @@ def load(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: say which, never unpickle it
-        raise BotError(f"{path}: not a readable resume state ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        first = (str(e).strip().splitlines() or ["empty or truncated file"])[0][:120]
+        raise BotError(f"{path}: not a readable resume state ({type(e).__name__}: {first})") from None

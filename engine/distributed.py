@@ -52,6 +52,7 @@ def setup(requested_device: str | None = None) -> DistContext:
     device = pick_device(requested_device, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # fixed input sizes (crops): let cuDNN pick its fastest kernels
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistContext(rank, world_size, local_rank, device)

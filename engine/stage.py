@@ -180,12 +180,38 @@ class Session:
             raise BotError(f"--batch-size {global_batch}: does not split over {self.ctx.world_size} processes")
         return global_batch // self.ctx.world_size
 
+    @property
+    def channels_last(self) -> bool:
+        value = self.cfg["train"].get("channels_last", "auto")
+        return self.ctx.device.type == "cuda" if value == "auto" else bool(value)
+
+    def place(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model on this rank's device, in NHWC layout when channels_last is on."""
+        model.to(self.ctx.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch on the device (asynchronously from pinned memory), in the model's memory layout."""
+        images = images.to(self.ctx.device, non_blocking=True)
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last and images.ndim == 4 else images
+
     def ddp(self, model: torch.nn.Module) -> torch.nn.Module:
-        if not self.ctx.distributed:
-            return model
-        return torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[self.ctx.device.index] if self.ctx.device.type == "cuda" else None,
-            gradient_as_bucket_view=True)
+        """The network a step runs: DDP-wrapped under torchrun (gradients as bucket views: no copy), compiled when
+        train.compile is on. Weights are saved from the unwrapped `model`, whose parameters these share."""
+        net = model
+        if self.ctx.distributed:
+            net = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.ctx.device.index] if self.ctx.device.type == "cuda" else None,
+                gradient_as_bucket_view=True)
+        if self.cfg["train"].get("compile"):
+            net = torch.compile(net)
+        return net
+
+    def optimizer_options(self) -> dict:
+        """The fused CUDA kernel of SGD where there is one (one launch for all parameters)."""
+        return {"fused": True} if self.ctx.device.type == "cuda" else {}
 
     def loader(self, dataset, **kwargs) -> torch.utils.data.DataLoader:
         """A DataLoader with a generator of its own (worker seeds never touch the global RNG) and pinned memory on GPUs."""

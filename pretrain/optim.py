@@ -9,12 +9,12 @@ import torch
 from timm.optim import param_groups_weight_decay
 
 
-def build_optimizer(model: torch.nn.Module, cfg: dict, lr: float) -> torch.optim.SGD:
+def build_optimizer(model: torch.nn.Module, cfg: dict, lr: float, **options) -> torch.optim.SGD:
     if cfg["no_bias_decay"]:
         groups = param_groups_weight_decay(model, cfg["weight_decay"])
     else:
         groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": cfg["weight_decay"]}]
-    return torch.optim.SGD(groups, lr=lr, momentum=cfg["momentum"], nesterov=cfg["nesterov"])
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg["momentum"], nesterov=cfg["nesterov"], **options)
 
 
 def no_decay_names(model: torch.nn.Module) -> list[str]:

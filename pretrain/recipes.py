@@ -89,6 +89,19 @@ def apply_synthetic_scale(config: dict) -> dict:
     return config
 
 
+def recipe_catalogue(files=()) -> list[dict]:
+    """What a planner (bot demo, bot reproduce) needs of each recipe, as plain data: `bot recipes --json`."""
+    from .backbones import parse_arch
+
+    rows = []
+    for name in [*recipe_names(), *files]:
+        cfg = load_recipe(name)
+        _, depth, variant = parse_arch(cfg["model"]["arch"])
+        rows.append({"name": name, "arch": cfg["model"]["arch"], "variant": variant.upper(), "depth": depth,
+                     "requires": cfg["requires"], "epochs": cfg["train"]["epochs"], "description": cfg["description"]})
+    return rows
+
+
 def describe_recipes() -> str:
     lines = []
     for name in recipe_names():

@@ -31,7 +31,8 @@ SYNTHETIC = "synthetic-shapes"
 OPTION_KEYS = {"data": "data.path", "recipe": "recipe", "arch": "model.arch", "epochs": "train.epochs",
                "batch_size": "train.batch_size", "lr": "train.lr", "image_size": "data.image_size",
                "precision": "train.precision", "device": "train.device", "workers": "data.workers",
-               "seed": "train.seed", "teacher": "train.teacher", "init_weights": "train.init_weights"}
+               "seed": "train.seed",
+               "compile_model": "train.compile", "teacher": "train.teacher", "init_weights": "train.init_weights"}
 
 
 def defaults(options: dict, sets=()) -> dict:
@@ -102,7 +103,7 @@ def train_session(session: Session) -> dict:
     if t["init_weights"]:
         source, _ = load_backbone(t["init_weights"], arch=cfg["model"]["arch"], num_classes=num_classes)
         model.load_state_dict(source.state_dict())
-    model.to(ctx.device)
+    session.place(model)
     teacher = None
     if t["teacher"]:
         with warnings.catch_warnings():
@@ -110,10 +111,10 @@ def train_session(session: Session) -> dict:
             teacher, tinfo = load_backbone(t["teacher"], allow_random=False)
         if tinfo.num_classes != num_classes:
             raise BotError(f"{tinfo.source}: teacher has {tinfo.num_classes} classes, the data has {num_classes}")
-        teacher.to(ctx.device).eval().requires_grad_(False)
+        session.place(teacher).eval().requires_grad_(False)
     net = session.ddp(model)
 
-    optimizer = build_optimizer(model, o, lr)
+    optimizer = build_optimizer(model, o, lr, **session.optimizer_options())
     precision = Precision(t["precision"], ctx.device)
     steps_per_epoch = len(train_loader)
     schedule = Schedule(lr=lr, total_steps=t["epochs"] * steps_per_epoch, warmup_steps=int(s["warmup_epochs"] * steps_per_epoch),
@@ -123,7 +124,7 @@ def train_session(session: Session) -> dict:
            f"{t['precision']}, {ctx.world_size} x {ctx.device}", ctx.is_main)
 
     def train_step(batch):
-        images, labels = (x.to(ctx.device, non_blocking=True) for x in batch)
+        images, labels = session.inputs(batch[0]), batch[1].to(ctx.device, non_blocking=True)
         target = smooth_targets(labels, num_classes, t["label_smoothing"], t["smoothing_form"])
         if t["mixup_alpha"] > 0:  # draws from the global RNG, which fit seeds from (seed, step, rank)
             images, target, _ = mixup(images, target, t["mixup_alpha"], None)
@@ -141,7 +142,7 @@ def train_session(session: Session) -> dict:
         model.eval()
         counts = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # summed on the device, read once
         for images, labels in val_loader:
-            images, labels = images.to(ctx.device, non_blocking=True), labels.to(ctx.device, non_blocking=True)
+            images, labels = session.inputs(images), labels.to(ctx.device, non_blocking=True)
             with precision.autocast():
                 logits = model(images)
             top5 = logits.float().topk(min(5, num_classes), dim=1).indices

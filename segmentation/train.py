@@ -33,7 +33,8 @@ CLI_KEYS = {"backbone": "model.backbone", "data": "data.spec", "head": "model.he
             "ignore_index": "data.ignore_index", "class_names": "data.class_names", "epochs": "train.epochs",
             "batch_size": "train.batch_size", "lr": "train.lr", "base_size": "data.base_size",
             "crop_size": "data.crop_size", "norm": "model.norm", "aux": "model.aux", "precision": "train.precision",
-            "device": "train.device", "workers": "data.workers", "seed": "train.seed"}
+            "device": "train.device", "workers": "data.workers", "seed": "train.seed",
+               "compile_model": "train.compile"}
 
 
 def defaults(options: dict, sets=()) -> dict:
@@ -117,7 +118,7 @@ def train_session(session: Session) -> dict:
                               # torch's SyncBatchNorm runs on GPUs only; on CPU ranks "sync" stays per-rank BN
                               distributed=ctx.distributed and ctx.device.type == "cuda")
     m["arch"], m["normalize"] = info.arch, {"mean": list(info.mean), "std": list(info.std)}
-    model.to(ctx.device)
+    session.place(model)
     per_rank = session.per_rank(t["batch_size"])
     train_set = SegDataset(train_pairs, source, train_transform(d["base_size"], d["crop_size"], (d["scale_min"], d["scale_max"]),
                                                                 source.ignore_index, info.mean, info.std, d["flip"]), t["seed"])
@@ -129,12 +130,13 @@ def train_session(session: Session) -> dict:
                             collate_fn=lambda b: (torch.stack([x[0] for x in b]), torch.stack([x[1] for x in b])))
     steps_per_epoch = len(sampler) // per_rank
     schedule = Schedule(t["lr"], steps_per_epoch * t["epochs"], int(t["warmup_epochs"] * steps_per_epoch), kind="poly", power=t["power"])
-    optimizer = torch.optim.SGD(param_groups(model, t["weight_decay"], t["backbone_lr_mult"]), lr=t["lr"], momentum=t["momentum"])
+    optimizer = torch.optim.SGD(param_groups(model, t["weight_decay"], t["backbone_lr_mult"]), lr=t["lr"],
+                                momentum=t["momentum"], **session.optimizer_options())
     precision = Precision(t["precision"], ctx.device)
     net = session.ddp(model)
 
     def train_step(batch):
-        images, masks = batch[0].to(ctx.device, non_blocking=True), batch[1].to(ctx.device, non_blocking=True)
+        images, masks = session.inputs(batch[0]), batch[1].to(ctx.device, non_blocking=True)
         loss, logs = segmentation_loss(net(images), masks, source.ignore_index, m["aux_weight"])
         return loss, images.shape[0], logs
 

@@ -1,0 +1,107 @@
+"""Exact resume in 2 processes (torchrun, gloo) for every stage: a run stopped by SIGINT mid-epoch (Ctrl-C reaches
+every process of the group) or killed with SIGKILL (it goes on from the last epoch checkpoint), then `--resume`d,
+ends with the same weights, bit for bit, as the run that was never stopped."""
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine.launch import bot_argv
+from pretrain.backbones import create_backbone
+from pretrain.weights import save_classifier
+
+TIMEOUT = 400
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from synthetic.imagefolder import write_imagefolder
+    root = tmp_path_factory.mktemp("ddp")
+    write_imagefolder(root / "images", {"train": 4, "val": 2}, size=32, seed=0)
+    torch.manual_seed(0)
+    save_classifier(create_backbone("resnet18d", num_classes=10), root / "bb.safetensors", arch="resnet18d",
+                    num_classes=10, recipe="test", top1=None)
+    return root
+
+
+def stage_args(stage: str, data: Path) -> list[str]:
+    common = ["--device", "cpu", "--workers", "0", "--set", "train.log_every=1"]
+    if stage == "pretrain":  # 40 images, batch 8 over 2 ranks: 5 steps an epoch
+        return ["pretrain", "--data", str(data / "images"), "--arch", "resnet18d", "--epochs", "3", "--batch-size", "8",
+                "--image-size", "32", "--set", "train.mixup_alpha=0.2", *common]
+    if stage == "detect":
+        return ["finetune-detect", "--backbone", str(data / "bb.safetensors"), "--epochs", "3", "--batch-size", "2",
+                "--image-size", "48", "--set", "data.synthetic.n_train=8", "--set", "data.synthetic.n_test=2",
+                "--set", "data.synthetic.size=48", "--set", "train.warmup_iters=1", "--set", "train.eval_every=3", *common]
+    return ["finetune-seg", "--backbone", str(data / "bb.safetensors"), "--epochs", "3", "--batch-size", "4",
+            "--image-size", "32", "--set", "data.synthetic_train=16", "--set", "data.synthetic_val=2",
+            "--set", "data.synthetic_size=32", "--set", "train.eval_every=3", "--set", "eval.batch_size=2", *common]
+
+
+def start(args: list[str], cache: Path) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", BOT_CACHE=str(cache))
+    return subprocess.Popen([*bot_argv(), *args, "--nproc", "2"], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=TIMEOUT)
+    return proc.returncode, out
+
+
+def logged_steps(out: Path) -> int:
+    try:
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return -1
+    steps = [json.loads(ln).get("step", 0) for ln in lines if ln.endswith("}")]
+    return max(steps, default=-1)
+
+
+def stop_when(proc, ready, sig):
+    deadline = time.time() + TIMEOUT
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+    return finish(proc)
+
+
+@pytest.fixture(scope="module")
+def straight(data, tmp_path_factory):
+    runs = {}
+    for stage in ("pretrain", "detect", "segment"):
+        out = tmp_path_factory.mktemp("straight") / stage
+        code, text = finish(start([*stage_args(stage, data), "--out", str(out)], data / "cache"))
+        assert code == 0, text[-3000:]
+        runs[stage] = out
+    return runs
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "detect", "segment"])
+@pytest.mark.parametrize("how", ["sigint-mid-epoch", "sigkill"])
+def test_two_process_run_stopped_and_resumed_equals_the_uninterrupted_one(stage, how, data, straight, tmp_path):
+    out = tmp_path / "run"
+    proc = start([*stage_args(stage, data), "--out", str(out)], data / "cache")
+    if how == "sigint-mid-epoch":
+        code, text = stop_when(proc, lambda: logged_steps(out) >= 2, signal.SIGINT)
+    else:
+        code, text = stop_when(proc, lambda: (out / "last.ckpt").exists() and logged_steps(out) >= 0, signal.SIGKILL)
+    assert code != 0 and not (out / "summary.json").exists(), f"the run was not stopped in time:\n{text[-2000:]}"
+    state = torch.load(out / "last.ckpt", weights_only=True)
+    if how == "sigint-mid-epoch":
+        assert state["batch_in_epoch"] > 0, "stopped between epochs, not mid-epoch"
+    code, text = finish(start([stage_args(stage, data)[0], "--out", str(out), "--resume"],
+                              data / "cache"))
+    assert code == 0, text[-3000:]
+    a = load_file(str(straight[stage] / "model.safetensors"))
+    b = load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
