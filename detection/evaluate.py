@@ -90,7 +90,7 @@ def read_coco_results(path: str | Path, split: Split) -> list[dict]:
 
 
 def score(split: Split, detections: list[dict]) -> tuple[dict, dict, str]:
-    """(metrics as DESIGN.md names them, per-class APs, a printable table)."""
+    """(metrics as docs/design.md section 3 names them, per-class APs, a printable table)."""
     voc = evaluate_voc(detections, split.ground_truth(), split.classes)
     coco, _ = evaluate_coco(split.coco_gt, to_coco_results(split, detections))
     metrics = {"voc07_map50": voc.map07, "voc_map50": voc.map_area, **coco}

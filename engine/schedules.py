@@ -1,8 +1,8 @@
 """Learning-rate schedules of the paper, as plain functions of the global batch index.
 
 A schedule is a pure function of the step, so resuming needs no scheduler state, and each formula
-can be checked by hand against PAPER.md: linear warmup from 0 (i * lr / m), then step, cosine or poly decay
-over the batches after warmup.
+can be checked by hand against docs/paper.md sections 2 and 4: linear warmup from 0 (i * lr / m), then step,
+cosine or poly decay over the batches after warmup.
 """
 from __future__ import annotations
 

@@ -94,7 +94,7 @@ def create_backbone(arch: str, num_classes: int = 1000, zero_gamma: bool = True,
 
 
 def xavier_init(model: nn.Module, zero_gamma: bool) -> None:
-    """PAPER.md section 1: Xavier uniform (a = sqrt(6 / (d_in + d_out))) for conv and FC weights, biases 0,
+    """docs/paper.md section 1: Xavier uniform (a = sqrt(6 / (d_in + d_out))) for conv and FC weights, biases 0,
     BN gamma 1 and beta 0; then zero gamma on the last BN of each block if asked."""
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):

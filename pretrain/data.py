@@ -1,6 +1,6 @@
 """Classification data: ImageFolder train/val splits, the paper's augmentation, and the loaders.
 
-Train (PAPER.md section 1): random-resized crop (area 8-100%, aspect 3/4-4/3), horizontal flip, colour jitter,
+Train (docs/paper.md section 1): random-resized crop (area 8-100%, aspect 3/4-4/3), horizontal flip, colour jitter,
 PCA lighting noise, normalisation with the paper's mean/std. Validation: resize the short side to
 image_size * 256 / 224, centre crop image_size. Each training sample's augmentation is seeded from
 (seed, epoch, index), so it is the same whatever the worker count and wherever a run was resumed.
@@ -21,7 +21,7 @@ from engine.errors import BotError
 
 from .weights import PAPER_MEAN, PAPER_STD
 
-# AlexNet's PCA of ImageNet RGB pixels (0-255 scale), PAPER.md section 1 step 5.
+# AlexNet's PCA of ImageNet RGB pixels (0-255 scale), docs/paper.md section 1 step 5.
 PCA_EIGVAL = torch.tensor([55.46, 4.794, 1.148])
 PCA_EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009],
                            [-0.5808, -0.0045, -0.8140],

@@ -1,4 +1,4 @@
-"""The paper's training refinements that no library has in exactly its form (PAPER.md section 4).
+"""The paper's training refinements that no library has in exactly its form (docs/paper.md section 4).
 
 - label smoothing with q_i = 1 - eps on the true class and eps / (K - 1) elsewhere (form "paper"), or eps / K added
   to every class as torch's CrossEntropyLoss(label_smoothing) and GluonCV do (form "uniform");

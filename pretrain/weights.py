@@ -22,7 +22,7 @@ from engine.rundir import atomic_write_bytes, sha256_file
 from .backbones import create_backbone, parse_arch
 
 WEIGHTS_NAME = "model.safetensors"
-# The paper's normalisation (PAPER.md section 1), on the 0-1 scale.
+# The paper's normalisation (docs/paper.md section 1), on the 0-1 scale.
 PAPER_MEAN = (123.68 / 255, 116.779 / 255, 103.939 / 255)
 PAPER_STD = (58.393 / 255, 57.12 / 255, 57.375 / 255)
 

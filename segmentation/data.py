@@ -1,7 +1,7 @@
 """Segmentation data on disk: ADE20K's layout and a plain image/mask folder layout, checked file by file.
 
 - `ade20k:ROOT`  ROOT/{images,annotations}/{training,validation}/<stem>.{jpg,png}; 150 classes; stored label 0
-  ("other") is ignored and every other label k becomes class k-1 (PAPER.md section 6). Class names come from
+  ("other") is ignored and every other label k becomes class k-1 (docs/paper.md section 6). Class names come from
   ROOT/objectInfo150.csv or ROOT/classes.txt when present (the latter also sets the class count).
 - `folder:ROOT`  ROOT/images/<split>/<stem>.{jpg,jpeg,png} + ROOT/masks/<split>/<stem>.png holding class indices
   as they are (single-channel, or a palette PNG whose indices are the classes, as in VOC); --num-classes,

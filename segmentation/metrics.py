@@ -1,6 +1,6 @@
 """Segmentation metrics from one confusion matrix accumulated over a whole split (and over DDP ranks).
 
-Definitions (PAPER.md section 6, GluonCV's pixAcc / mIoU):
+Definitions (docs/paper.md section 6, GluonCV's pixAcc / mIoU):
 - pixel accuracy: correct pixels / labelled pixels (ignore-index pixels count nowhere);
 - IoU_c = TP_c / (TP_c + FP_c + FN_c); mIoU = mean of IoU_c over the classes *present*, i.e. with a non-empty
   union (in the ground truth or in the predictions). An absent class is excluded, never counted as 1.0; a class

@@ -1,6 +1,6 @@
 """Segmentation networks on a backbone checkpoint: the paper's FCN, or one of smp's decoders.
 
-- `fcn` (PAPER.md section 6): the backbone as a timm feature extractor with dilation (output stride 8),
+- `fcn` (docs/paper.md section 6): the backbone as a timm feature extractor with dilation (output stride 8),
   torchvision's FCNHead on the last stage, an optional auxiliary FCNHead on stage 3 (training only), and
   bilinear upsampling of the logits to the input size.
 - smp heads (`deeplabv3`, `deeplabv3plus`, `fpn`, `unet`, `upernet`, `pspnet`, ...): smp's model on the

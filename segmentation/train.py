@@ -2,7 +2,7 @@
 resume, lock, process group, summary) is engine/stage.py's.
 
 Optimiser: SGD (momentum 0.9, wd 1e-4) in two param groups, the backbone's lr scaled by `backbone_lr_mult`;
-schedule: linear warmup then poly decay (power 0.9) over all batches (PAPER.md section 6). Loss: pixel-wise
+schedule: linear warmup then poly decay (power 0.9) over all batches (docs/paper.md section 6). Loss: pixel-wise
 cross-entropy over labelled pixels, plus aux_weight x the auxiliary head's.
 """
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Fabricated run directories in the shape DESIGN.md promises (summary.json + config.yaml), for compare's tests."""
+"""Fabricated run directories in the shape docs/design.md section 3 promises (summary.json + config.yaml),
+for compare's tests."""
 from __future__ import annotations
 
 import json

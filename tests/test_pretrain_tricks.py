@@ -1,4 +1,4 @@
-"""Each trick's formula against a hand computation (PAPER.md sections 2 and 4)."""
+"""Each trick's formula against a hand computation (docs/paper.md sections 2 and 4)."""
 import math
 
 import pytest
