@@ -121,6 +121,7 @@ def compare(paths, **options):
 @click.option("--pretrain-args", default="", help="Extra `bot pretrain` options, quoted, e.g. \"--epochs 2\".")
 @click.option("--detect-args", default="", help="Extra `bot finetune-detect` options, quoted.")
 @click.option("--segment-args", default="", help="Extra `bot finetune-seg` options, quoted.")
+@click.option("--jobs", type=click.IntRange(min=1), help="Stage runs side by side, each on cores/jobs threads (default: 2 where there are 2 cores).")
 def demo(depth, **options):
     """Pretrain each recipe, fine-tune it for detection and segmentation on synthetic data, and compare (minutes on a CPU)."""
     from compare.demo import run_demo

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shlex
 import subprocess
 import time
@@ -124,8 +125,14 @@ def plan(recipes: list[str], out: Path, *, depth: int = 18, teacher: str | None 
     return steps
 
 
-def run_subprocess(argv: list[str]) -> int:
-    return subprocess.run(argv).returncode
+def run_subprocess(argv: list[str], log: Path | None = None, threads: int | None = None) -> int:
+    """Run one stage command; with `log`, its output goes to that file (parallel runs would interleave on a terminal)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
+    if log is None:
+        return subprocess.run(argv, env=env).returncode
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        return subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
 
 
 def children_cpu() -> float:
@@ -135,34 +142,77 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_steps(steps: list[Step], runner=run_subprocess) -> list[tuple[Step, str, float]]:
-    """Run each step that is not finished; stop at the first failure with a BotError naming the run."""
-    done = []
-    for i, step in enumerate(steps, 1):
+def dependencies(steps: list[Step]) -> dict[int, set[int]]:
+    """Step i waits for every earlier step whose run directory its arguments name (its --backbone or --teacher)."""
+    deps = {}
+    for i, step in enumerate(steps):
+        args = set(step.args)
+        deps[i] = {j for j, other in enumerate(steps[:i]) if str(other.out) in args}
+    return deps
+
+
+def run_steps(steps: list[Step], runner=run_subprocess, jobs: int = 1) -> list[tuple[Step, str, float]]:
+    """Run each step that is not finished, up to `jobs` at once (each when the runs it loads are done); stop starting
+    new ones at the first failure and raise a BotError naming the run."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    deps = dependencies(steps)
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    results: dict[int, tuple[Step, str, float]] = {}
+    failed: list[str] = []
+
+    def run_one(i: int) -> None:
+        step = steps[i]
         state = step.state()
-        head = f"[{i}/{len(steps)}] {step.stage} {step.recipe} -> {step.out}"
+        head = f"[{i + 1}/{len(steps)}] {step.stage} {step.recipe} -> {step.out}"
         if state == "finished":
             console.print(f"[bold]{head}[/]: finished earlier (summary.json), skipped")
-            done.append((step, "skipped", 0.0))
-            continue
+            results[i] = (step, "skipped", 0.0)
+            return
         argv = step.argv(resume=state == "resume")
-        console.print(f"[bold]{head}[/]{': resuming from last.ckpt' if state == 'resume' else ''}")
+        log = step.out.parent / f"{step.out.name}.log" if jobs > 1 else None
+        console.print(f"[bold]{head}[/]{': resuming from last.ckpt' if state == 'resume' else ''}"
+                      + (f" (output: {log})" if log else ""))
         console.print(f"  $ bot {shlex.join(argv[len(bot_argv()):])}", style="dim")
         t0, cpu0 = time.time(), children_cpu()
-        code = runner(argv)
+        code = runner(argv, log, threads) if log is not None else runner(argv)
         seconds, cpu = time.time() - t0, children_cpu() - cpu0
         if code != 0 or not (step.out / "summary.json").exists():
             hint = "interrupted" if code in (130, -2) else f"failed (exit code {code})"
-            raise BotError(f"{step.out}: `bot {step.stage}` {hint}; see its output above. "
-                           f"Run `bot demo` again with the same --out to resume")
-        console.print(f"  done in {seconds:.0f} s (CPU time {cpu:.0f} s)")
-        done.append((step, "resumed" if state == "resume" else "ran", seconds))
-    return done
+            where = f"see {log}" if log else "see its output above"
+            if log is not None and log.exists():
+                tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-3:]
+                console.print("\n".join(f"  | {ln}" for ln in tail), style="red")
+            failed.append(f"{step.out}: `bot {step.stage}` {hint}; {where}. "
+                          f"Run `bot demo` again with the same --out to resume")
+            return
+        console.print(f"  done: {step.stage} {step.recipe} in {seconds:.0f} s" + ("" if jobs > 1 else f" (CPU time {cpu:.0f} s)"))
+        results[i] = (step, "resumed" if state == "resume" else "ran", seconds)
+
+    pending = set(range(len(steps)))
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        running: dict = {}
+        while (pending or running) and not (failed and not running):
+            for i in sorted(pending):
+                if len(running) >= jobs or failed:
+                    break
+                if deps[i] <= set(results):
+                    pending.discard(i)
+                    running[pool.submit(run_one, i)] = i
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                running.pop(future)
+                future.result()
+    if failed:
+        raise BotError(failed[0])
+    return [results[i] for i in sorted(results)]
 
 
 def run_demo(*, recipes: str = DEFAULT_RECIPES, out: str | Path = "runs/demo", depth: int = 18,
              teacher: str | None = None, pretrain_args: str = "", detect_args: str = "", segment_args: str = "",
-             baseline: str | None = None, runner=run_subprocess) -> Path:
+             baseline: str | None = None, runner=run_subprocess, jobs: int | None = None) -> Path:
     from .command import run_compare
 
     out = Path(out)
@@ -173,7 +223,8 @@ def run_demo(*, recipes: str = DEFAULT_RECIPES, out: str | Path = "runs/demo", d
     t0 = time.time()
     console.print(f"[bold]bot demo[/]: {len(names)} recipes ({', '.join(names)}) x pretrain, detection, "
                   f"segmentation -> {out}")
-    done = run_steps(steps, runner)
+    jobs = jobs or min(2, os.cpu_count() or 1)
+    done = run_steps(steps, runner, jobs)
     times = ", ".join(f"{s.stage} {s.recipe} {sec:.0f} s" for s, how, sec in done if how != "skipped")
     console.print(f"[bold]all runs finished[/] in {time.time() - t0:.0f} s" + (f" ({times})" if times else "")
                   + "; comparing:")

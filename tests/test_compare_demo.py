@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 
 import pytest
@@ -45,11 +46,13 @@ class FakeStages:
     """Stands in for the stage subprocesses: writes the summary a stage would, from made-up but fixed numbers."""
 
     def __init__(self, fail_on=None):
-        self.calls, self.fail_on = [], fail_on
+        self.calls, self.fail_on, self.logs = [], fail_on, []
         self.backbones = {}     # run dir -> --backbone it was started with (a resumed run keeps it, like config.yaml)
 
-    def __call__(self, argv):
+    def __call__(self, argv, log=None, threads=None):
         from engine.launch import bot_argv
+        if log is not None:
+            self.logs.append((log, threads))
         argv = argv[len(bot_argv()) - 3:]  # as if started as [python, -m, cli, ...]
         self.calls.append(argv[3:])
         stage, out = argv[3], argv[argv.index("--out") + 1]
@@ -72,7 +75,7 @@ class FakeStages:
 def test_demo_runs_skips_and_resumes(tmp_path):
     out = tmp_path / "demo"
     fake = FakeStages()
-    run_demo(out=out, runner=fake)
+    run_demo(out=out, runner=fake, jobs=1)
     assert [c[0] for c in fake.calls] == ["pretrain", "finetune-detect", "finetune-seg"] * 2
     rows = {r["name"]: r for r in json.loads((out / "compare.json").read_text())["rows"]}
     assert list(rows) == ["baseline", "resnet50d"]
@@ -82,21 +85,51 @@ def test_demo_runs_skips_and_resumes(tmp_path):
     assert (out / "compare.png").stat().st_size > 10_000 and (out / "compare.md").exists()
 
     fake.calls.clear()
-    run_demo(out=out, runner=fake)                     # everything finished: nothing runs
+    run_demo(out=out, runner=fake, jobs=1)             # everything finished: nothing runs
     assert fake.calls == []
 
     seg = out / "segment" / "resnet50d"
     (seg / "summary.json").unlink()
     (seg / "last.ckpt").write_bytes(b"state")           # interrupted after an epoch
-    run_demo(out=out, runner=fake)
+    run_demo(out=out, runner=fake, jobs=1)
     assert fake.calls == [["finetune-seg", "--out", str(seg), "--resume"]]
 
 
 def test_demo_failure_names_the_run(tmp_path):
     fake = FakeStages(fail_on="detect/baseline")
     with pytest.raises(BotError, match=r"detect/baseline: `bot finetune-detect` failed \(exit code 1\)"):
-        run_demo(out=tmp_path, runner=fake)
+        run_demo(out=tmp_path, runner=fake, jobs=1)
     assert len(fake.calls) == 2 and not (tmp_path / "compare.json").exists()
+
+
+def test_demo_runs_independent_stages_side_by_side(tmp_path):
+    """Two at a time, each with half the cores and its own log; a fine-tune starts only once its pretrain is done
+    (FakeStages reads the pretrain's summary.json), and never more than two run at once."""
+    import threading
+    import time as clock
+
+    class Slow(FakeStages):
+        def __init__(self):
+            super().__init__()
+            self.lock, self.now, self.peak = threading.Lock(), 0, 0
+
+        def __call__(self, argv, log=None, threads=None):
+            with self.lock:
+                self.now += 1
+                self.peak = max(self.peak, self.now)
+            clock.sleep(0.2)
+            try:
+                return super().__call__(argv, log, threads)
+            finally:
+                with self.lock:
+                    self.now -= 1
+
+    fake = Slow()
+    run_demo(out=tmp_path, runner=fake, jobs=2)
+    assert sorted(c[0] for c in fake.calls) == sorted(["pretrain", "finetune-detect", "finetune-seg"] * 2)
+    assert fake.peak == 2
+    assert all(log.name.endswith(".log") for log, _ in fake.logs) and len(fake.logs) == 6
+    assert {threads for _, threads in fake.logs} == {max(1, (os.cpu_count() or 1) // 2)}
 
 
 def test_demo_cli_bad_recipe(tmp_path):
