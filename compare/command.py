@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.console import Console
 
 from engine.errors import BotError
-from engine.rundir import atomic_write_text
+from engine.rundir import atomic_write_text, check_output_file
 
 from .discover import Discovery, discover
 from .join import Comparison, join
@@ -35,6 +35,8 @@ def run_compare(paths, *, baseline=None, fmt="table", csv_file=None, json_file=N
                 plot_file=None, out=None) -> Comparison:
     if fmt not in FORMATS:
         raise BotError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+    for flag, path in (("--csv", csv_file), ("--json", json_file), ("--markdown", markdown_file), ("--plot", plot_file)):
+        check_output_file(path, flag)
     comp, found = build(paths or ["runs"], baseline)
     out = out or sys.stdout
     if fmt == "table":

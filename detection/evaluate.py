@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from engine.errors import BotError
-from engine.rundir import atomic_write_text
+from engine.rundir import atomic_write_text, check_output_file
 
 from .metrics_coco import evaluate_coco
 from .metrics_voc import evaluate_voc
@@ -126,6 +126,7 @@ def run_evaluate_cli(data=None, val_set=None, detections=None, weights=None, dev
 
     if (detections is None) == (weights is None):
         raise BotError("evaluate-detect: give exactly one of --detections FILE or --weights RUN")
+    check_output_file(out, "--out")
     meta = None
     if weights is not None:
         from engine.distributed import setup

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from .errors import BotError
+
 SUMMARY_KEYS = ("task", "metrics", "backbone", "dataset", "epochs", "wall_seconds", "images_per_second", "versions")
 
 
@@ -45,6 +47,39 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def check_output_file(path: str | Path | None, flag: str) -> None:
+    """Before any work: `path` (an output file) can be written: not a folder, its folder creatable and writable."""
+    if not path:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise BotError(f"{flag} {path}: is a folder; give a file name")
+    folder = path.parent
+    if folder.exists() and not folder.is_dir():
+        raise BotError(f"{flag} {path}: {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise BotError(f"{flag} {path}: cannot write there ({e.strerror or type(e).__name__})") from None
+
+
+def check_output_folder(path: str | Path | None, flag: str) -> None:
+    """Before any work: `path` (an output folder) exists or can be made, and can be written into."""
+    if not path:
+        return
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BotError(f"{flag} {path}: is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise BotError(f"{flag} {path}: cannot write there ({e.strerror or type(e).__name__})") from None
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from engine.distributed import DistContext, ShardSampler, setup
 from engine.errors import BotError
-from engine.rundir import atomic_write_bytes
+from engine.rundir import atomic_write_bytes, atomic_write_text, check_output_file, check_output_folder
 
 from .data import SegDataset, SegSource, list_pairs, read_mask
 from .metrics import ConfusionMatrix, per_class_table
@@ -131,6 +131,8 @@ def run_from_cli(*, run=None, predictions=None, data=None, split=None, num_class
 
     if (run is None) == (predictions is None):
         raise BotError("evaluate-seg: give exactly one of --run RUN_DIR or --predictions FOLDER")
+    check_output_file(json_out, "--json")
+    check_output_folder(save_predictions, "--save-predictions")
     if run is not None:
         run = Path(run)
         if not (run / "config.yaml").is_file():
@@ -170,7 +172,7 @@ def run_from_cli(*, run=None, predictions=None, data=None, split=None, num_class
            "mean_class_acc": result["mean_class_acc"],
            "per_class_iou": {n: (None if math.isnan(v) else v) for n, v in zip(source.class_names, result["iou"])}}
     if json_out:
-        Path(json_out).write_text(json.dumps(out, indent=2) + "\n")
+        atomic_write_text(Path(json_out), json.dumps(out, indent=2) + "\n")
     return out
 
 

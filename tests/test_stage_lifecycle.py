@@ -333,3 +333,38 @@ def test_no_import_cycles_and_no_stage_imports_from_engine_compare_or_synthetic(
     for m in graph:
         if m not in state:
             visit(m, [m])
+
+
+def test_unwritable_outputs_of_evaluate_and_compare_are_refused_before_the_work(tmp_path):
+    from compare_fixtures import make_run
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    make_run(tmp_path / "runs" / "p", "pretrain", {"top1": 0.5, "top5": 0.9}, sha="ab" * 32, recipe="r")
+    cases = [
+        (["compare", tmp_path / "runs", "--plot", tmp_path], "--plot"),
+        (["compare", tmp_path / "runs", "--json", a_file / "x.json"], "is a file, not a folder"),
+        (["evaluate-detect", "--detections", tmp_path / "none.json", "--out", tmp_path], "--out"),
+        (["evaluate-seg", "--predictions", tmp_path, "--json", tmp_path], "--json"),
+        (["evaluate-seg", "--predictions", tmp_path, "--save-predictions", a_file], "--save-predictions"),
+    ]
+    for args, message in cases:
+        assert message in one_error(args), args
+
+
+def test_wall_time_adds_up_over_resumes(tiny_imagefolder, tmp_path):
+    import signal
+
+    import pretrain.train as pt
+    from engine.loop import Interrupted
+    cfg = pt.resolve_config("resnet50d", ["data.workers=0", "train.batch_size=16", "data.image_size=32"],
+                            data=str(tiny_imagefolder), arch="resnet18d", device="cpu", epochs=2)
+
+    def stop(pos):
+        if pos.step == 7:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted):
+        pt.train(cfg, tmp_path / "run", on_step=stop)
+    before = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["extra"]["wall_seconds"]
+    summary = pt.train(cfg, tmp_path / "run", resume=True)
+    assert before > 0 and summary["wall_seconds"] > before
