@@ -167,7 +167,7 @@ def _run(cfg: dict, out: Path, resume: bool, ctx) -> dict:
 
 
 def run_from_cli(*, backbone=None, data=None, train_sets=None, val_set=None, epochs=None, batch_size=None, lr=None,
-                 image_size=None, max_size=None, precision=None, device=None, workers=None, seed=None, out=None,
+                 image_size=None, max_size=None, precision=None, device=None, workers=None, seed=None, out=None, arch=None,
                  resume=False, sets=()) -> dict:
     if resume:
         if not out:
@@ -179,7 +179,7 @@ def run_from_cli(*, backbone=None, data=None, train_sets=None, val_set=None, epo
         if device:
             cfg["device"] = device
         return run_finetune(cfg, out, resume=True)
-    options = {"backbone": backbone, "device": device, "data.spec": data, "data.train_sets": train_sets,
+    options = {"backbone": backbone, "model.arch": arch, "device": device, "data.spec": data, "data.train_sets": train_sets,
                "data.val_set": val_set, "data.min_size": image_size, "data.workers": workers, "train.epochs": epochs,
                "train.batch_size": batch_size, "train.lr": lr, "train.precision": precision, "train.seed": seed}
     if image_size is not None:
