@@ -6,7 +6,6 @@ Images are normalised with the mean/std the backbone was pretrained with, and an
 """
 from __future__ import annotations
 
-import json
 import warnings
 from collections import OrderedDict
 from pathlib import Path

@@ -91,7 +91,10 @@ def infer_arch(state: dict, source: str, *, meta_arch: str | None = None, meta_v
     for said, label in ((requested, "--arch"), (meta_arch, "metadata")):
         if not said:
             continue
-        name, depth, variant = parse_arch(said)
+        try:
+            name, depth, variant = parse_arch(said)
+        except BotError as e:
+            raise BotError(f"{source}: {label} arch: {e}") from None
         variant = (meta_variant or variant).upper() if label == "metadata" else variant.upper()
         same_net = guess.variant == variant or {guess.variant, variant} == {"A", "B"}
         if depth != guess.depth or not same_net:

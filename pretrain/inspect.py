@@ -7,7 +7,6 @@ kind of model, its size and the backbone it was fine-tuned from.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import timm
 import torch

@@ -19,7 +19,7 @@ from engine.errors import BotError
 from engine.weights_file import write_weights
 
 from .backbones import create_backbone, parse_arch
-from .checkpoints import WEIGHTS_NAME, Checkpoint, read_checkpoint
+from .checkpoints import WEIGHTS_NAME, Checkpoint, read_checkpoint  # noqa: F401  WEIGHTS_NAME: re-exported for pretrain.train
 
 # The paper's normalisation (PAPER.md section 1), on the 0-1 scale.
 PAPER_MEAN = (123.68 / 255, 116.779 / 255, 103.939 / 255)

@@ -2,7 +2,6 @@
 user may hand us, the arch inferred from their tensors, bit-equal feature maps, the malicious pickle refused
 unrun, `timm:NAME` from a faked local Hugging Face cache, and `bot inspect`."""
 import json
-import os
 
 import pytest
 import timm
