@@ -63,8 +63,8 @@ def resolve_path(source: str | Path) -> Path:
         return f
     if p.is_file():
         return p
-    if "." in p.name and not p.suffix and not p.parent.name:
-        raise BotError(f"{p}: no such file (a timm pretrained name? write timm:{p})")
+    if "/" not in str(source) and timm_pretrained_cfg(str(source)) is not None:
+        raise BotError(f"{p}: no such file or run directory; for timm's pretrained weights of that name write timm:{source}")
     raise BotError(f"{p}: no such run directory or weights file")
 
 

@@ -279,6 +279,9 @@ def test_timm_name_missing_from_the_cache_names_the_path(tmp_path, monkeypatch, 
     assert "hf download timm/resnet50d.gluon_in1k model.safetensors" in line
     res = CliRunner().invoke(main, ["inspect", "timm:resnet50q.nope"])
     assert res.exit_code == 2 and "timm has no pretrained weights of that name" in res.output
+    with pytest.raises(BotError, match="resnet50d.gluon_in1k: no such file or run directory; for timm's pretrained "
+                                        "weights of that name write timm:resnet50d.gluon_in1k"):
+        read_checkpoint("resnet50d.gluon_in1k")
 
 
 # ---- bot inspect -------------------------------------------------------------------------------------------------
