@@ -72,8 +72,8 @@ def main():
 @click.option("--lr", type=float, help="Peak learning rate (default: linear scaling, base_lr * batch / 256).")
 @click.option("--image-size", type=int)
 @training_options
-@click.option("--teacher", type=click.Path(), help="Distillation teacher: a pretrain run dir or a safetensors file.")
-@click.option("--init", "init_weights", type=click.Path(), help="Start from these local safetensors weights.")
+@click.option("--teacher", help="Distillation teacher: a pretrain run dir, any ResNet weights file (see `bot inspect`) or timm:NAME.")
+@click.option("--init", "init_weights", help="Start from these weights: a run dir, any ResNet weights file or timm:NAME.")
 @click.option("--out", type=click.Path(), help="Run directory (default: runs/pretrain-<recipe>).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other recipe key; repeatable.")
 def pretrain(nproc, **options):
@@ -94,6 +94,16 @@ def recipes(files, as_json):
         click.echo(describe_recipes())
 
 
+@main.command()
+@click.argument("source")
+@click.option("--arch", help="Check the file against this arch (and take A vs B from it).")
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
+def inspect(source, arch, as_json):
+    """What bot sees in a checkpoint: FILE (safetensors, .pth/.pt/.bin/.ckpt), a RUN dir, or timm:NAME."""
+    from pretrain.inspect import run_inspect
+    click.echo(run_inspect(source, arch, as_json))
+
+
 # ---- compare --------------------------------------------------------------------------------------------------
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path())
@@ -112,7 +122,8 @@ def compare(paths, **options):
 # ---- demo -----------------------------------------------------------------------------------------------------
 @main.command()
 @click.option("--recipes", default="baseline,resnet50d", show_default=True,
-              help="Comma-separated pretrain recipes; `+x` extends the last plain one (resnet50d,+cosine,+label-smoothing).")
+              help="Comma-separated pretrain recipes; `+x` extends the last plain one (resnet50d,+cosine,+label-smoothing); "
+                   "a checkpoint (timm:NAME, a .safetensors/.pth file, a run dir) is a row fine-tuned as it is.")
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(), help="Where every run and the comparison go.")
 @click.option("--depth", type=click.Choice(["18", "26", "34", "50"]), default="18", show_default=True,
               help="ResNet depth at demo scale (each recipe keeps its A/B/C/D variant).")
@@ -130,7 +141,8 @@ def demo(depth, **options):
 
 # ---- segmentation ---------------------------------------------------------------------------------------------
 @main.command("finetune-seg")
-@click.option("--backbone", help="Pretrain run dir, .safetensors file, or an arch name (random init); required unless --resume.")
+@click.option("--backbone", help="Pretrain run dir, any ResNet weights file (.safetensors/.pth/...), timm:NAME, or an arch name (random init); required unless --resume.")
+@click.option("--arch", help="The backbone's arch when the file cannot say (A vs B), checked against its tensors.")
 @click.option("--data", help="ade20k:PATH or folder:PATH (default: the synthetic shapes set in the ADE20K layout).")
 @click.option("--head", help="fcn (default, the paper's) or an smp decoder: deeplabv3, deeplabv3plus, fpn, unet, upernet, pspnet, ...")
 @click.option("--num-classes", type=int, help="Classes of a folder data set (ade20k: 150).")
@@ -176,7 +188,8 @@ def evaluate_seg(**options):
 
 # ---- detection ------------------------------------------------------------------------------------------------
 @main.command("finetune-detect")
-@click.option("--backbone", help="A pretrain run dir, a .safetensors file, or an arch name (random init, with a warning).")
+@click.option("--backbone", help="A pretrain run dir, any ResNet weights file (.safetensors/.pth/...), timm:NAME, or an arch name (random init, with a warning).")
+@click.option("--arch", help="The backbone's arch when the file cannot say (A vs B), checked against its tensors.")
 @click.option("--data", help="voc:PATH (VOCdevkit), coco:PATH, or synthetic[:voc|:coco] (default: synthetic VOC layout).")
 @click.option("--train-sets", help="VOC: YEAR-SPLIT list, e.g. 2007-trainval,2012-trainval; COCO: a split, e.g. train2017.")
 @click.option("--val-set", help="VOC: e.g. 2007-test; COCO: e.g. val2017.")

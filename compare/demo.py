@@ -34,6 +34,8 @@ STAGE_DIRS = {"pretrain": "pretrain", "finetune-detect": "detect", "finetune-seg
 # Short names for the `+trick` form of --recipes: "+label-smoothing" after "resnet50d" means "resnet50d-ls".
 TRICK_ALIASES = {"label-smoothing": "ls", "labelsmoothing": "ls", "smoothing": "ls", "cos": "cosine"}
 
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -72,12 +74,29 @@ def catalogue(files: tuple[str, ...] = ()) -> dict[str, dict]:
     return {row["name"]: row for row in json.loads(proc.stdout)}
 
 
+def is_checkpoint_row(token: str) -> bool:
+    """A --recipes entry that is weights to fine-tune as they are (no pretrain): timm:NAME, a weights file, a run dir."""
+    return token.startswith("timm:") or Path(token).suffix in CHECKPOINT_SUFFIXES or Path(token).is_dir()
+
+
+def row_name(token: str) -> str:
+    """What `bot compare` calls the row: the recipe's or file's stem, a run dir's name, or timm:NAME as given."""
+    return token if token.startswith("timm:") else Path(token.rstrip("/")).name if Path(token).is_dir() else Path(token).stem
+
+
 def resolve_recipes(text: str) -> list[str]:
-    """`baseline,resnet50d,+cosine,+label-smoothing` -> recipe names; `+x` extends the last plain name: `resnet50d-x`."""
+    """`baseline,resnet50d,+cosine,+label-smoothing` -> recipe names; `+x` extends the last plain name: `resnet50d-x`.
+    Checkpoints (timm:NAME, a .safetensors/.pth/... file, a pretrain run dir) are rows of their own, not pretrained."""
     known = list(catalogue())
     names, anchor = [], None
     for token in (t.strip() for t in text.split(",")):
         if not token:
+            continue
+        if is_checkpoint_row(token):
+            if token in names:
+                raise BotError(f"--recipes: {token!r} is listed twice")
+            names.append(token)
+            anchor = None
             continue
         if token.startswith("+"):
             if anchor is None:
@@ -111,7 +130,12 @@ def plan(recipes: list[str], out: Path, *, depth: int = 18, teacher: str | None 
     extra = extra or {}
     steps = []
     for recipe in recipes:
-        name = Path(recipe).stem
+        name = row_name(recipe)
+        if is_checkpoint_row(recipe):
+            for stage in ("finetune-detect", "finetune-seg"):
+                steps.append(Step(stage, name, out / STAGE_DIRS[stage] / name.replace(":", "-"),
+                                  ["--backbone", recipe, *DEMO_ARGS[stage], *extra.get(stage, [])]))
+            continue
         pre = out / "pretrain" / name
         args = ["--recipe", recipe, "--arch", demo_arch(recipe, depth), *DEMO_ARGS["pretrain"]]
         if "teacher" in recipe_info(recipe)["requires"]:
@@ -228,7 +252,7 @@ def run_demo(*, recipes: str = DEFAULT_RECIPES, out: str | Path = "runs/demo", d
     times = ", ".join(f"{s.stage} {s.recipe} {sec:.0f} s" for s, how, sec in done if how != "skipped")
     console.print(f"[bold]all runs finished[/] in {time.time() - t0:.0f} s" + (f" ({times})" if times else "")
                   + "; comparing:")
-    run_compare([s.out for s in steps], baseline=baseline or Path(names[0]).stem,
+    run_compare([s.out for s in steps], baseline=baseline or row_name(names[0]),
                 csv_file=out / "compare.csv", json_file=out / "compare.json",
                 markdown_file=out / "compare.md", plot_file=out / "compare.png")
     console.print(f"wrote {out}/compare.png, compare.md, compare.csv, compare.json "

@@ -90,10 +90,13 @@ def backbone_key(run: Run) -> str:
 
 
 def orphan_name(run: Run) -> str:
-    """A name for weights that no pretrain run found here produced: the folder or file they came from."""
+    """A name for weights that no pretrain run found here produced: the name the fine-tune recorded for them
+    (file stem, run dir, timm:NAME), else the folder or file they came from."""
     source = str(run.backbone.get("source") or "")
     if not run.sha256 or not source or source == "random-init":
         return f"random-init {run.arch}".strip()
+    if run.backbone.get("name"):
+        return str(run.backbone["name"])
     p = Path(source)
     return p.parent.name if p.name == "model.safetensors" and p.parent.name else p.stem
 

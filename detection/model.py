@@ -6,13 +6,11 @@ Images are normalised with the mean/std the backbone was pretrained with, and an
 """
 from __future__ import annotations
 
-import json
 import warnings
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -21,8 +19,8 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from engine.errors import BotError
-from engine.rundir import atomic_write_bytes
-from pretrain.weights import BackboneInfo, is_arch_name, load_backbone, read_header
+from engine.weights_file import load_tensors, read_metadata, write_weights
+from pretrain.weights import BackboneInfo, is_arch_name, load_backbone
 
 STAGES = ("layer4", "layer3", "layer2", "layer1", "stem")  # trainable_stages=k unfreezes the first k of these
 NORMS = ("frozen", "bn", "syncbn")
@@ -84,7 +82,7 @@ def build_detector(backbone: str | Path, num_classes: int, cfg: dict, min_size: 
     norm = cfg["norm"]
     if norm not in NORMS:
         raise BotError(f"model.norm {norm!r}: use one of {', '.join(NORMS)}")
-    body, info = load_backbone(backbone, features_only=True, out_indices=(1, 2, 3, 4))
+    body, info = load_backbone(backbone, arch=cfg.get("arch"), features_only=True, out_indices=(1, 2, 3, 4))
     if info_override is not None:
         info = info_override
     if norm == "frozen":
@@ -119,12 +117,7 @@ def build_detector(backbone: str | Path, num_classes: int, cfg: dict, min_size: 
 
 def save_detector(model: nn.Module, path: Path, meta: dict) -> None:
     """Final weights as safetensors; the header carries what rebuilding needs (config, classes, backbone info)."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp), metadata={"format": "bot-detector-1", **{k: json.dumps(v) for k, v in meta.items()}})
-    atomic_write_bytes(path, tmp.read_bytes())
-    tmp.unlink()
+    write_weights(Path(path), model.state_dict(), "detector", meta)
 
 
 def load_detector(source: str | Path) -> tuple[FasterRCNN, dict]:
@@ -133,18 +126,22 @@ def load_detector(source: str | Path) -> tuple[FasterRCNN, dict]:
     path = p / "model.safetensors" if p.is_dir() else p
     if not path.is_file():
         raise BotError(f"{p}: no finetuned detector weights here (model.safetensors)")
-    raw = read_header(path).get("__metadata__") or {}
-    if raw.get("format") != "bot-detector-1":
-        raise BotError(f"{path}: not a finetune-detect weights file (no bot-detector-1 metadata)")
-    meta = {k: json.loads(v) for k, v in raw.items() if k != "format"}
+    header = read_metadata(path)
+    if header.kind != "detector":
+        raise BotError(f"{path}: not a finetune-detect weights file (no bot-detector metadata)")
+    meta = header.values
+    missing = [k for k in ("backbone", "classes", "model", "min_size", "max_size", "mean", "std") if k not in meta]
+    if missing:
+        raise BotError(f"{path}: detector metadata lacks {missing[0]!r}")
     b = meta["backbone"]
     info = BackboneInfo(arch=b["arch"], variant=b["variant"], recipe=b["recipe"], sha256=b["sha256"], source=b["source"],
-                        top1=b.get("top1"), mean=tuple(meta["mean"]), std=tuple(meta["std"]))
+                        top1=b.get("top1"), mean=tuple(meta["mean"]), std=tuple(meta["std"]),
+                        origin=b.get("origin", "bot"), name=b.get("name", ""), inferred=b.get("inferred", {}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the random init is overwritten by the finetuned weights just below
         model, _ = build_detector(b["arch"], len(meta["classes"]), meta["model"], meta["min_size"], meta["max_size"], info)
     try:
-        model.load_state_dict(load_file(str(path)))
+        model.load_state_dict(load_tensors(path))
     except Exception as e:
         raise BotError(f"{path}: weights do not fit the detector they describe ({str(e).splitlines()[0][:160]})") from None
     model.eval()

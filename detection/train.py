@@ -24,7 +24,7 @@ from .evaluate import predict, score, write_detections
 from .model import build_detector, resolve_auto, save_detector
 
 HERE = Path(__file__).parent
-OPTION_KEYS = {"backbone": "model.backbone", "data": "data.spec", "train_sets": "data.train_sets",
+OPTION_KEYS = {"backbone": "model.backbone", "arch": "model.arch", "data": "data.spec", "train_sets": "data.train_sets",
                "val_set": "data.val_set", "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
                "image_size": "data.min_size", "max_size": "data.max_size", "precision": "train.precision",
                "device": "train.device", "workers": "data.workers", "seed": "train.seed",

@@ -67,8 +67,10 @@ ARCHS = tuple(f"resnet{d}{v}" for d in DEPTHS for v in VARIANTS)
 
 
 def parse_arch(arch: str) -> tuple[str, int, str]:
-    """`resnet50d` -> ("resnet50d", 50, "d"); `resnet50` and `resnet50b` -> ("resnet50", 50, "b")."""
-    name = arch.strip().lower()
+    """`resnet50d` -> ("resnet50d", 50, "d"); `resnet50` and `resnet50b` -> ("resnet50", 50, "b").
+
+    A timm pretrained tag is allowed and dropped: `resnet50d.gluon_in1k` -> ("resnet50d", 50, "d")."""
+    name = arch.strip().lower().split(".", 1)[0]
     body = name[len("resnet"):] if name.startswith("resnet") else ""
     variant = body[-1] if body and body[-1] in VARIANTS else "b"
     digits = body[:-1] if body and body[-1] in VARIANTS else body

@@ -10,11 +10,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load_file, save_file
 
 from engine.distributed import DistContext, ShardSampler, setup
 from engine.errors import BotError
-from engine.rundir import atomic_write_bytes, atomic_write_text, check_output_file, check_output_folder
+from engine.rundir import atomic_write_text, check_output_file, check_output_folder
+from engine.weights_file import load_tensors, write_weights
 
 from .data import SegDataset, SegSource, list_pairs, read_mask
 from .metrics import ConfusionMatrix, per_class_table
@@ -73,11 +73,7 @@ def confusion(model, dataset: SegDataset, ctx: DistContext, *, batch_size: int, 
 
 
 def save_segmenter(model, path: Path, meta: dict) -> None:
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    save_file(state, str(tmp), metadata={k: str(v) for k, v in meta.items()})
-    atomic_write_bytes(Path(path), tmp.read_bytes())
-    tmp.unlink()
+    write_weights(Path(path), model.state_dict(), "segmenter", meta)
 
 
 def load_run_model(run: Path, config: dict):
@@ -93,7 +89,7 @@ def load_run_model(run: Path, config: dict):
     model, _ = build_model(arch, m["head"], config["data"]["num_classes"], aux=m["aux"], output_stride=m["output_stride"],
                            norm=m["norm"], quiet_random=True)
     try:
-        state = load_file(str(weights))
+        state = load_tensors(weights)
         model.load_state_dict(state, strict=True)
     except Exception as e:
         raise BotError(f"{weights}: does not fit the network of {run / 'config.yaml'} ({str(e).splitlines()[0][:160]})") from None

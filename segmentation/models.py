@@ -76,7 +76,7 @@ def copy_into_encoder(encoder: nn.Module, backbone: nn.Module, info: BackboneInf
 
 
 def build_model(backbone: str, head: str, num_classes: int, *, aux: bool = True, output_stride: int = 8,
-                norm: str = "bn", distributed: bool = False, quiet_random: bool = False) -> tuple[nn.Module, BackboneInfo]:
+                norm: str = "bn", distributed: bool = False, quiet_random: bool = False, arch: str | None = None) -> tuple[nn.Module, BackboneInfo]:
     """The segmentation network and the BackboneInfo of the checkpoint it was built on."""
     if head not in HEADS:
         raise BotError(f"--head {head!r}: choose one of {', '.join(HEADS)}")
@@ -86,12 +86,12 @@ def build_model(backbone: str, head: str, num_classes: int, *, aux: bool = True,
         if quiet_random:
             warnings.simplefilter("ignore")
         if head == "fcn":
-            feats, info = load_backbone(backbone, features_only=True, out_indices=(3, 4), output_stride=output_stride)
+            feats, info = load_backbone(backbone, arch=arch, features_only=True, out_indices=(3, 4), output_stride=output_stride)
             model = FCN(feats, num_classes, aux)
         else:
             # Dilation changes no tensor, so the checkpoint's weights fit the encoder at any output stride;
             # smp picks each decoder's own (8 for deeplabv3, 16 for deeplabv3plus, 32 for the others).
-            feats, info = load_backbone(backbone, features_only=True, out_indices=(0, 1, 2, 3, 4))
+            feats, info = load_backbone(backbone, arch=arch, features_only=True, out_indices=(0, 1, 2, 3, 4))
             net = getattr(smp, SMP_HEADS[head])(encoder_name=f"tu-{info.arch}", encoder_weights=None, classes=num_classes)
             copy_into_encoder(net.encoder.model, feats, info, head)
             model = SMPModel(net)

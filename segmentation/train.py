@@ -29,7 +29,7 @@ from .models import build_model, param_groups
 from .transforms import eval_transform, train_transform
 
 HERE = Path(__file__).parent
-CLI_KEYS = {"backbone": "model.backbone", "data": "data.spec", "head": "model.head", "num_classes": "data.num_classes",
+CLI_KEYS = {"backbone": "model.backbone", "arch": "model.arch", "data": "data.spec", "head": "model.head", "num_classes": "data.num_classes",
             "ignore_index": "data.ignore_index", "class_names": "data.class_names", "epochs": "train.epochs",
             "batch_size": "train.batch_size", "lr": "train.lr", "base_size": "data.base_size",
             "crop_size": "data.crop_size", "norm": "model.norm", "aux": "model.aux", "precision": "train.precision",
@@ -114,7 +114,7 @@ def train_session(session: Session) -> dict:
     d["num_classes"], d["ignore_index"] = source.num_classes, source.ignore_index
 
     model, info = build_model(m["backbone"], m["head"], source.num_classes, aux=m["aux"], output_stride=m["output_stride"],
-                              norm=m["norm"],
+                              norm=m["norm"], arch=m["arch"],
                               # torch's SyncBatchNorm runs on GPUs only; on CPU ranks "sync" stays per-rank BN
                               distributed=ctx.distributed and ctx.device.type == "cuda")
     m["arch"], m["normalize"] = info.arch, {"mean": list(info.mean), "std": list(info.std)}
@@ -161,7 +161,7 @@ def train_session(session: Session) -> dict:
         "per_class_iou": {n: (None if math.isnan(v) else v) for n, v in zip(source.class_names, last["result"]["iou"])},
     }
     if run.enabled:
-        save_segmenter(model, run.weights_file, {"format": "bot-segmenter-1", "head": m["head"], "arch": info.arch,
+        save_segmenter(model, run.weights_file, {"head": m["head"], "arch": info.arch,
                                                  "num_classes": source.num_classes, "backbone_sha256": info.sha256})
         atomic_write_text(run.path / "per_class.md", table)
         summary = session.finish(summary, result)

@@ -42,6 +42,22 @@ def test_plan_keeps_each_recipes_variant(tmp_path):
         plan(["resnet50d-distill"], tmp_path)
 
 
+def test_checkpoints_are_demo_rows_without_a_pretrain(tmp_path):
+    weights = tmp_path / "resnet18-f37072fd.pth"
+    weights.write_bytes(b"only the name matters to the plan")
+    names = resolve_recipes(f"resnet50d,+cosine,timm:resnet18d.ra2_in1k,{weights}")
+    assert names == ["resnet50d", "resnet50d-cosine", "timm:resnet18d.ra2_in1k", str(weights)]
+    with pytest.raises(BotError, match="needs a recipe before it"):
+        resolve_recipes("timm:resnet18d.ra2_in1k,+cosine")   # a checkpoint is no recipe to extend
+    steps = plan(names[2:], tmp_path / "demo", extra={"finetune-seg": ["--epochs", "1"]})
+    assert [(s.stage, s.recipe) for s in steps] == [
+        ("finetune-detect", "timm:resnet18d.ra2_in1k"), ("finetune-seg", "timm:resnet18d.ra2_in1k"),
+        ("finetune-detect", "resnet18-f37072fd"), ("finetune-seg", "resnet18-f37072fd")]
+    assert steps[0].args[:2] == ["--backbone", "timm:resnet18d.ra2_in1k"]
+    assert steps[0].out == tmp_path / "demo" / "detect" / "timm-resnet18d.ra2_in1k"
+    assert steps[3].args[:2] == ["--backbone", str(weights)] and steps[3].args[-2:] == ["--epochs", "1"]
+
+
 class FakeStages:
     """Stands in for the stage subprocesses: writes the summary a stage would, from made-up but fixed numbers."""
 

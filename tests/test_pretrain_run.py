@@ -171,8 +171,8 @@ def test_bad_options_are_one_line_exit_2(tiny_imagefolder, tmp_path):
     base = ["pretrain", "--data", str(tiny_imagefolder), "--arch", "resnet18d", "--epochs", "1", "--batch-size", "16",
             "--image-size", "32", "--workers", "0", "--device", "cpu"]
     cases = [
-        (base + ["--init", str(not_st)], "weights.pt: not a safetensors file"),
-        (base + ["--init", str(other)], "r50.safetensors: checkpoint holds resnet26d, but resnet18d was asked for"),
+        (base + ["--init", str(not_st)], "weights.pt: neither a safetensors nor a PyTorch weights file"),
+        (base + ["--init", str(other)], "r50.safetensors: --arch says resnet18d, the tensors hold resnet26d"),
         (["pretrain", "--out", str(tmp_path / "never"), "--resume"], "no run to resume"),
         (base + ["--set", "optim.lerning_rate=0.1"], "unknown key 'optim.lerning_rate'"),
         (base + ["--recipe", "resnet50z"], "unknown recipe 'resnet50z': choose one of baseline, efficient"),

@@ -23,7 +23,7 @@ TIMEOUT = 400
 def data(tmp_path_factory):
     from synthetic.imagefolder import write_imagefolder
     root = tmp_path_factory.mktemp("ddp")
-    write_imagefolder(root / "images", {"train": 4, "val": 2}, size=32, seed=0)
+    write_imagefolder(root / "images", {"train": 8, "val": 2}, size=32, seed=0)
     torch.manual_seed(0)
     save_classifier(create_backbone("resnet18d", num_classes=10), root / "bb.safetensors", arch="resnet18d",
                     num_classes=10, recipe="test", top1=None)
@@ -32,7 +32,7 @@ def data(tmp_path_factory):
 
 def stage_args(stage: str, data: Path) -> list[str]:
     common = ["--device", "cpu", "--workers", "0", "--set", "train.log_every=1"]
-    if stage == "pretrain":  # 40 images, batch 8 over 2 ranks: 5 steps an epoch
+    if stage == "pretrain":  # 80 images, batch 8 over 2 ranks: 10 steps an epoch
         return ["pretrain", "--data", str(data / "images"), "--arch", "resnet18d", "--epochs", "3", "--batch-size", "8",
                 "--image-size", "32", "--set", "train.mixup_alpha=0.2", *common]
     if stage == "detect":
@@ -64,12 +64,36 @@ def logged_steps(out: Path) -> int:
     return max(steps, default=-1)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (torchrun starts its workers in sessions of their own, so a process-group signal
+    reaches only the launcher)."""
+    parents = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat_file.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = parents.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
 def stop_when(proc, ready, sig):
+    """Ctrl-C: SIGINT to the launcher's group (torchrun passes it on to its workers); a crash: SIGKILL to every process."""
     deadline = time.time() + TIMEOUT
     while not ready() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     if proc.poll() is None:
-        os.killpg(proc.pid, sig)
+        targets = [proc.pid] + (descendants(proc.pid) if sig == signal.SIGKILL else [])
+        for pid in targets:
+            try:
+                os.kill(pid, sig) if pid != proc.pid else os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
     return finish(proc)
 
 

@@ -1,0 +1,121 @@
+"""The one safetensors writer every stage uses, and the reader of its header metadata.
+
+Encoding (format 2): every metadata value is JSON text, `format` included (e.g. `"bot-backbone-2"` with its
+quotes), so numbers, lists and nested objects come back as they went in. Files written before (format 1) are
+still read: bot-backbone-1 stored plain strings (mean/std as JSON), bot-detector-1 JSON values beside a plain
+`format`, bot-segmenter-1 plain strings. Metadata of foreign files (timm's `{"format": "pt"}`) is returned as
+the strings it holds. This module knows no stage: the stages name their own `kind`.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save
+
+from .errors import BotError
+from .rundir import atomic_write_bytes, sha256_file
+
+ENCODING = 2
+LEGACY_FORMATS = ("bot-backbone-1", "bot-detector-1", "bot-segmenter-1")
+MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclass
+class Metadata:
+    kind: str | None            # "backbone" | "detector" | "segmenter" for bot's files, None for foreign ones
+    encoding: int | None        # 2, 1 (legacy bot file), None (foreign)
+    values: dict = field(default_factory=dict)   # decoded (bot) or raw strings (foreign), without `format`
+    raw: dict = field(default_factory=dict)      # the header's __metadata__ as stored
+
+
+def format_name(kind: str) -> str:
+    return f"bot-{kind}-{ENCODING}"
+
+
+def encode_metadata(kind: str, meta: dict) -> dict[str, str]:
+    if "format" in meta:
+        raise ValueError("metadata key 'format' is reserved")
+    return {"format": json.dumps(format_name(kind)), **{k: json.dumps(v) for k, v in meta.items()}}
+
+
+def write_weights(path: Path, state: dict[str, torch.Tensor], kind: str, meta: dict) -> str:
+    """Write `state` with `meta` (any JSON-able values) atomically; return the file's sha256."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    atomic_write_bytes(Path(path), save(tensors, metadata=encode_metadata(kind, meta)))
+    return sha256_file(path)
+
+
+def read_header(path: Path) -> dict:
+    """The safetensors JSON header, or a BotError naming the file if it is not a safetensors file."""
+    try:
+        with open(path, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            if n <= 0 or n > MAX_HEADER:
+                raise ValueError("header size out of range")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, struct.error, UnicodeDecodeError) as e:
+        raise BotError(f"{path}: not a safetensors file ({e})") from None
+    if not isinstance(header, dict):
+        raise BotError(f"{path}: not a safetensors file (header is not a JSON object)")
+    return header
+
+
+def is_safetensors(path: Path) -> bool:
+    try:
+        read_header(path)
+        return True
+    except BotError:
+        return False
+
+
+def _legacy_values(path: Path, fmt: str, raw: dict) -> dict:
+    values = {k: v for k, v in raw.items() if k != "format"}
+    if fmt == "bot-detector-1":
+        return {k: _json(path, k, v) for k, v in values.items()}
+    if fmt == "bot-backbone-1":
+        for key in ("mean", "std"):
+            if key in values:
+                values[key] = _json(path, key, values[key])
+        if values.get("top1") == "":
+            values["top1"] = None
+    return values  # numbers stay strings here; the stage that reads them checks them
+
+
+def _json(path: Path, key: str, text: str):
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        raise BotError(f"{path}: metadata {key!r} is not valid JSON ({str(text)[:60]!r})") from None
+
+
+def read_metadata(path: Path) -> Metadata:
+    """The header metadata of a safetensors file, decoded by its encoding; BotError if it cannot be."""
+    raw = read_header(path).get("__metadata__") or {}
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        raise BotError(f"{path}: safetensors __metadata__ is not a string-to-string map")
+    fmt = raw.get("format")
+    if fmt in LEGACY_FORMATS:
+        return Metadata(fmt.split("-")[1], 1, _legacy_values(path, fmt, raw), raw)
+    if fmt is None and "arch" in raw and "num_classes" in raw:  # the earliest backbone files had no format key
+        return Metadata("backbone", 1, _legacy_values(path, "bot-backbone-1", raw), raw)
+    try:
+        decoded = json.loads(fmt) if fmt else None
+    except ValueError:
+        decoded = None
+    if isinstance(decoded, str) and decoded.startswith("bot-") and decoded.count("-") == 2:
+        _, kind, version = decoded.split("-")
+        if version != str(ENCODING):
+            raise BotError(f"{path}: written by a newer bot (metadata format {decoded}); this one reads up to {ENCODING}")
+        return Metadata(kind, ENCODING, {k: _json(path, k, v) for k, v in raw.items() if k != "format"}, raw)
+    return Metadata(None, None, dict(raw), raw)
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as e:  # truncated or corrupt: name the file, keep the first line of safetensors' reason
+        raise BotError(f"{path}: unreadable safetensors file ({str(e).splitlines()[0][:120]})") from None
