@@ -20,7 +20,7 @@ from engine.rundir import RunDir, versions
 from engine.schedules import Schedule
 from pretrain.weights import is_arch_name
 
-from .data import AspectBatchSampler, DetectionDataset, collate, load_split, parse_spec
+from .data import AspectBatchSampler, DetectionDataset, check_val, collate, load_split, parse_spec
 from .evaluate import predict, score, write_detections
 from .model import build_detector, resolve_auto, save_detector
 
@@ -84,6 +84,8 @@ def _run(cfg: dict, out: Path, resume: bool, ctx) -> dict:
     val_split = load_split(kind, root, val_set, d["classes"] or (train_split.classes if kind == "voc" else None))
     if val_split.classes != train_split.classes:
         raise BotError(f"{root}: train and val splits have different classes")
+    check_val(val_split)
+    d["classes"] = train_split.classes  # config.yaml records the classes, also when discovered from the annotations
     # recorded resolved, so that config.yaml says what ran and a rebuild from it makes the same modules
     cfg["model"] = m = resolve_auto(m, is_arch_name(str(cfg["backbone"])))
     model, info = build_detector(cfg["backbone"], len(train_split.classes), m, d["min_size"], d["max_size"])

@@ -23,7 +23,7 @@ from engine.rundir import RunDir, versions
 from engine.schedules import Schedule, scaled_lr
 
 from .backbones import create_backbone, parse_arch
-from .data import build_datasets, build_loaders
+from .data import build_datasets, build_loaders, check_val
 from .optim import build_optimizer
 from .recipes import apply_synthetic_scale, load_recipe
 from .tricks import distillation_loss, mixup, smooth_targets, soft_cross_entropy
@@ -103,6 +103,7 @@ def _train(cfg: dict, out: Path, resume: bool, ctx: dist.DistContext) -> Path:
     else:
         root = Path(d["path"])
     data = build_datasets(root, d, seed)
+    check_val(data)
     num_classes = len(data.classes)
     if o["batch_size"] % ctx.world_size:
         raise BotError(f"--batch-size {o['batch_size']} does not split over {ctx.world_size} processes")
