@@ -35,9 +35,6 @@ def load_split(kind: str, root: str | Path, split: str, classes: list[str] | Non
     """One split (VOC: comma-joined year-splits), with a warning when boxes were dropped. `images=False` reads the
     annotations only (scoring a results file needs no image)."""
     out = load_voc(root, split, classes, images) if kind == "voc" else load_coco(root, split, images)
-    if out.classes_from == "the annotations":
-        report(f"{out.name}: {len(out.classes)} classes found in the annotations (no classes.txt, no data.classes): "
-               f"{', '.join(out.classes)}")
     if out.dropped_boxes:
         warnings.warn(f"{out.name}: dropped {out.dropped_boxes} box(es) with zero area or outside the image", stacklevel=2)
     if not out.records:
@@ -121,4 +118,11 @@ def check_val(split: Split) -> None:
             raise BotError(f"{r.path}: image is {width}x{height} but its annotation says {r.width}x{r.height}")
 
     check_all(one, split.records)
+    report(classes_line(split))
     report(f"checked {len(split.records)} validation images of {split.name}")
+
+
+def classes_line(split: Split) -> str:
+    """The classes and where they came from (printed once the splits are read, so an error stays one line)."""
+    found = " (no classes.txt, no data.classes)" if split.classes_from == "the annotations" else ""
+    return f"{len(split.classes)} classes from {split.classes_from}{found}: {', '.join(split.classes)}"

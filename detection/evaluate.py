@@ -184,7 +184,8 @@ def run_evaluate_cli(data=None, val_set=None, detections=None, weights=None, dev
     else:
         dets = read_coco_results(detections, split)
     metrics, per_class, table = score(split, dets)
-    click.echo(f"{split.name}: {len(split)} images, {len(dets)} detections")
+    from .data import classes_line
+    click.echo(f"{split.name}: {len(split)} images, {len(dets)} detections; {classes_line(split)}")
     click.echo(table)
     if out:
         atomic_write_text(Path(out), json.dumps({"dataset": split.name, "metrics": metrics, "per_class": per_class}, indent=2) + "\n")

@@ -23,7 +23,7 @@ from engine.progress import report
 from engine.rundir import RunDir, versions
 from engine.schedules import Schedule
 
-from .data import SegDataset, SegSource, list_pairs, parse_data
+from .data import SegDataset, SegSource, check_splits, list_pairs, parse_data
 from .evaluate import confusion, save_segmenter
 from .metrics import headline, per_class_table
 from .models import build_model, param_groups
@@ -131,6 +131,7 @@ def _finetune(cfg: dict, out: Path, resume: bool, ctx, wall: float, on_step) -> 
 
     source = source_from_config(cfg)
     train_pairs, val_pairs = list_pairs(source, source.splits[0]), list_pairs(source, source.splits[1])
+    check_splits(source, train_pairs, val_pairs, ctx.is_main)
     d["num_classes"], d["ignore_index"] = source.num_classes, source.ignore_index
 
     model, info = build_model(m["backbone"], m["head"], source.num_classes, aux=m["aux"], output_stride=m["output_stride"],
