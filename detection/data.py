@@ -107,9 +107,10 @@ class AspectBatchSampler(torch.utils.data.Sampler):
         return self.sampler.per_rank // self.batch_size - self.sampler.skip // self.batch_size
 
 
-def check_val(split: Split) -> None:
+def check_val(split: Split, train: Split | None = None) -> None:
     """Before the first epoch: every validation image decodes and has the size its annotation gives (labels and
-    boxes were checked when the annotations were read). BotError names the first bad file."""
+    boxes were checked when the annotations were read). BotError names the first bad file. Then the classes are
+    printed, with where they came from (the training split's, which the validation split was read with)."""
     def one(r):
         if r.path is None:
             raise BotError(f"{split.files.get(r.image_id, split.root)}: no image file for {r.image_id}")
@@ -118,7 +119,7 @@ def check_val(split: Split) -> None:
             raise BotError(f"{r.path}: image is {width}x{height} but its annotation says {r.width}x{r.height}")
 
     check_all(one, split.records)
-    report(classes_line(split))
+    report(classes_line(train or split))
     report(f"checked {len(split.records)} validation images of {split.name}")
 
 

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from engine.distributed import seeded_sample
 from engine.errors import BotError
