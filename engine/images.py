@@ -84,6 +84,10 @@ def decode(path: str | Path, *, exif: bool = False, draft: bool = False) -> Imag
         if draft and im.format == "JPEG":
             im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
         im.load()
+        if getattr(im, "fp", None) is not None:  # multi-frame formats (GIF, TIFF) keep the file open after load()
+            loaded = im.copy()
+            im.close()
+            im = loaded
         if exif:
             im = ImageOps.exif_transpose(im)
     except BotError:

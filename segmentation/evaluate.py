@@ -137,9 +137,8 @@ def read_run_config(run: Path) -> dict:
         config = yaml.safe_load(config_file.read_text())
     except yaml.YAMLError as e:
         raise BotError(f"{config_file}: not valid YAML ({str(e).splitlines()[0]})") from None
-    model, data = (config or {}).get("model") if isinstance(config, dict) else None, None
-    if isinstance(config, dict):
-        data = config.get("data")
+    config = config if isinstance(config, dict) else {}
+    model, data = config.get("model"), config.get("data")
     if not (isinstance(model, dict) and "head" in model and isinstance(data, dict) and "crop_size" in data
             and "eval" in config):
         task = "another stage's"
@@ -149,9 +148,9 @@ def read_run_config(run: Path) -> dict:
                 task = f"a {json.loads(summary.read_text()).get('task')}"
             except (json.JSONDecodeError, AttributeError):
                 pass
-        elif isinstance(config, dict):
+        else:
             task = "a pretrain" if "recipe" in config else "a detect" if "backbone" in config else task
-        raise BotError(f"{config_file}: not a finetune-seg run directory (this config is {task} run's)")
+        raise BotError(f"{config_file}: not a finetune-seg run directory (it is {task} run)")
     return config
 
 

@@ -319,10 +319,10 @@ CASES = [
          "no prediction for"),
     Case("seg-run-is-a-detect-run", seg_set,
          fake_run("detect", {"backbone": "x", "data": {"spec": None}, "model": {}, "train": {}}), other_run_cmd,
-         "not a finetune-seg run directory (this config is a detect run's)"),
+         "not a finetune-seg run directory (it is a detect run)"),
     Case("seg-run-is-a-pretrain-run", seg_set,
          fake_run("pretrain", {"recipe": "baseline", "data": {"path": None}, "model": {"arch": "resnet50d"}}),
-         other_run_cmd, "this config is a pretrain run's"),
+         other_run_cmd, "(it is a pretrain run)"),
 ]
 
 
