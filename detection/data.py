@@ -107,7 +107,7 @@ class AspectBatchSampler(torch.utils.data.Sampler):
         return self.sampler.per_rank // self.batch_size - self.sampler.skip // self.batch_size
 
 
-def check_val(split: Split, train: Split | None = None) -> None:
+def check_val(split: Split, train: Split | None = None, enabled: bool = True) -> None:
     """Before the first epoch: every validation image decodes and has the size its annotation gives (labels and
     boxes were checked when the annotations were read). BotError names the first bad file. Then the classes are
     printed, with where they came from (the training split's, which the validation split was read with)."""
@@ -119,8 +119,8 @@ def check_val(split: Split, train: Split | None = None) -> None:
             raise BotError(f"{r.path}: image is {width}x{height} but its annotation says {r.width}x{r.height}")
 
     check_all(one, split.records)
-    report(classes_line(train or split))
-    report(f"checked {len(split.records)} validation images of {split.name}")
+    report(classes_line(train or split), enabled)
+    report(f"checked {len(split.records)} validation images of {split.name}", enabled)
 
 
 def classes_line(split: Split) -> str:

@@ -84,7 +84,7 @@ def _run(cfg: dict, out: Path, resume: bool, ctx) -> dict:
     val_split = load_split(kind, root, val_set, d["classes"] or (train_split.classes if kind == "voc" else None))
     if val_split.classes != train_split.classes:
         raise BotError(f"{root}: train and val splits have different classes")
-    check_val(val_split, train_split)
+    check_val(val_split, train_split, ctx.is_main)
     d["classes"] = train_split.classes  # config.yaml records the classes, also when discovered from the annotations
     # recorded resolved, so that config.yaml says what ran and a rebuild from it makes the same modules
     cfg["model"] = m = resolve_auto(m, is_arch_name(str(cfg["backbone"])))

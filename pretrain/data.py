@@ -152,9 +152,9 @@ def note_skipped_files(split_dir: Path) -> None:
                f"(read: {' '.join(IMAGE_EXTENSIONS)})")
 
 
-def check_val(data: ClassificationData) -> None:
+def check_val(data: ClassificationData, enabled: bool = True) -> None:
     """Decode every validation image before the first epoch, so a bad file stops the run before training (not
     after a lost epoch); BotError names the first bad file."""
     paths = [p for p, _ in data.val.samples]
     check_all(lambda p: verify(p, exif=True), paths)
-    report(f"checked {len(paths)} validation images in {data.root / 'val'}")
+    report(f"checked {len(paths)} validation images in {data.root / 'val'}", enabled)

@@ -103,7 +103,7 @@ def _train(cfg: dict, out: Path, resume: bool, ctx: dist.DistContext) -> Path:
     else:
         root = Path(d["path"])
     data = build_datasets(root, d, seed)
-    check_val(data)
+    check_val(data, ctx.is_main)
     num_classes = len(data.classes)
     if o["batch_size"] % ctx.world_size:
         raise BotError(f"--batch-size {o['batch_size']} does not split over {ctx.world_size} processes")
