@@ -114,10 +114,10 @@ def check_coco(data, ann_file: Path) -> None:
             if a["id"] in ann_seen:
                 raise BotError(f"{ann_file}: {what} repeats annotation id {a['id']} of annotations[{ann_seen[a['id']]}]")
             ann_seen[a["id"]] = i
-        if a["image_id"] not in seen:
-            raise BotError(f"{ann_file}: {what} refers to unknown image_id {a['image_id']!r}")
-        if a["category_id"] not in cat_seen:
-            raise BotError(f"{ann_file}: {what} has unknown category_id {a['category_id']!r}")
+        if type(a["image_id"]) is not kind or a["image_id"] not in seen:
+            raise BotError(f"{ann_file}: {what} refers to unknown image_id {json.dumps(a['image_id'])[:40]}")
+        if not is_id(a["category_id"]) or a["category_id"] not in cat_seen:
+            raise BotError(f"{ann_file}: {what} has unknown category_id {json.dumps(a['category_id'])[:40]}")
         check_bbox(a["bbox"], ann_file, what)
         if a.get("iscrowd", 0) not in (0, 1):
             raise BotError(f"{ann_file}: {what} iscrowd {json.dumps(a.get('iscrowd'))[:20]} is not 0 or 1")

@@ -76,13 +76,13 @@ def read_coco_results(path: str | Path, split: Split) -> list[dict]:
     if not isinstance(results, list):
         raise BotError(f"{path}: expected a JSON list of detections (COCO results format)")
     images = {r.image_id: r.image_id for r in split.records}
+    aliases: dict = {}
     if split.kind == "voc":
-        aliases: dict = {}
         for r in split.records:
             n = legacy_image_id(str(r.image_id))
             if n is not None:
-                aliases[n] = None if n in aliases else r.image_id
-        images.update({n: stem for n, stem in aliases.items() if stem is not None})
+                aliases.setdefault(n, []).append(r.image_id)
+        images.update({n: stems[0] for n, stems in aliases.items() if len(stems) == 1})
     label_of = {cid: k for k, cid in enumerate(split.category_ids)}
     out = []
     for i, r in enumerate(results):
@@ -93,10 +93,13 @@ def read_coco_results(path: str | Path, split: Split) -> list[dict]:
         if missing:
             raise BotError(f"{where} lacks {', '.join(missing)} (needs {', '.join(RESULT_KEYS)})")
         image_id = r["image_id"]
+        if type(image_id) is int and len(aliases.get(image_id, ())) > 1:
+            raise BotError(f"{where} image_id {image_id} could be any of {', '.join(aliases[image_id][:3])}: "
+                           f"give the file stem")
         if isinstance(image_id, bool) or not isinstance(image_id, (int, str)) or image_id not in images:
             raise BotError(f"{where} refers to image_id {json.dumps(image_id)[:40]}, which is not in {split.name}")
         category = r["category_id"]
-        if isinstance(category, bool) or category not in label_of:
+        if type(category) is not int or category not in label_of:
             raise BotError(f"{where} has unknown category_id {json.dumps(category)[:40]}")
         bbox, score_ = r["bbox"], r["score"]
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite(v) for v in bbox)):

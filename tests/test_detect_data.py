@@ -180,3 +180,17 @@ def test_data_specs():
     assert parse_spec("voc:/d/VOCdevkit") == ("voc", "/d/VOCdevkit")
     with pytest.raises(BotError, match="expected voc:PATH"):
         parse_spec("imagenet:/x")
+
+
+def test_integer_ids_in_results_are_an_alias_of_numeric_stems_only_when_unambiguous(tmp_path):
+    write_devkit(tmp_path, {"000005": [obj("cat", (1, 1, 10, 10))], "0005": [obj("dog", (1, 1, 10, 10))],
+                            "000007": [obj("cat", (1, 1, 10, 10))]})
+    dets = tmp_path / "dets.json"
+    base = ["--data", f"voc:{tmp_path}", "--val-set", "2007-test", "--detections", str(dets)]
+    dets.write_text(json.dumps([{"image_id": 7, "category_id": 1, "bbox": [0, 0, 10, 10], "score": .9}]))
+    res = evaluate(base)  # 7 can only be 000007: the cat there is found, the other cat is not
+    assert res.exit_code == 0, res.output
+    assert re.search(r"cat\s+54\.55\s+50\.00", res.output)  # VOC07 6/11 at recall 0.5; area AP 0.5
+    dets.write_text(json.dumps([{"image_id": 5, "category_id": 1, "bbox": [0, 0, 10, 10], "score": .9}]))
+    res = evaluate(base)  # 5 could be 000005 or 0005
+    assert res.exit_code == 2 and "detection 0 image_id 5 could be any of 000005, 0005: give the file stem" in res.output
