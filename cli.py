@@ -211,6 +211,8 @@ def finetune_detect(nproc, **options):
 @click.option("--val-set", help="VOC: e.g. 2007-test; COCO: e.g. val2017.")
 @click.option("--detections", type=click.Path(), help="A COCO results JSON (image_id, category_id, bbox [x,y,w,h], score).")
 @click.option("--weights", type=click.Path(), help="A finetune-detect run dir (or its model.safetensors) to run instead.")
+@click.option("--classes", help="VOC layout: class names, comma-separated, in label order (default: ROOT/classes.txt, "
+                                "else the names found in the annotations).")
 @click.option("--device", help="cpu, cuda, cuda:N.")
 @click.option("--batch-size", type=int, default=4, show_default=True)
 @click.option("--workers", type=int, default=0, show_default=True)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-
 from engine.distributed import EpochSampler, seeded_sample
 from engine.errors import BotError
+from engine.images import check_all, read_rgb, verify
+from engine.progress import report
 
 from . import transforms as T
 from .data_coco import load_coco
@@ -56,9 +56,10 @@ def resolve_data(spec, train_sets, val_set, synthetic: dict | None) -> tuple[str
     return kind, Path(root), train_sets or default_train, val_set or default_val
 
 
-def load_split(kind: str, root: str | Path, split: str, classes: list[str] | None = None) -> Split:
-    """One split (VOC: comma-joined year-splits), with a warning when boxes were dropped."""
-    out = load_voc(root, split, classes) if kind == "voc" else load_coco(root, split)
+def load_split(kind: str, root: str | Path, split: str, classes: list[str] | None = None, images: bool = True) -> Split:
+    """One split (VOC: comma-joined year-splits), with a warning when boxes were dropped. `images=False` reads the
+    annotations only (scoring a results file needs no image)."""
+    out = load_voc(root, split, classes, images) if kind == "voc" else load_coco(root, split, images)
     if out.dropped_boxes:
         warnings.warn(f"{out.name}: dropped {out.dropped_boxes} box(es) with zero area or outside the image", stacklevel=2)
     if not out.records:
@@ -80,11 +81,9 @@ class DetectionDataset(torch.utils.data.Dataset):
     def __getitem__(self, key):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         r = self.split.records[index]
-        try:
-            with Image.open(r.path) as im:
-                image = im.convert("RGB")
-        except OSError as e:
-            raise BotError(f"{r.path}: cannot read image ({e})") from None
+        if r.path is None:
+            raise BotError(f"{self.split.files.get(r.image_id, self.split.root)}: image {r.image_id} was not looked up")
+        image = read_rgb(r.path)  # stored pixel grid, no EXIF rotation: the boxes were drawn on it
         if (image.width, image.height) != (r.width, r.height):
             raise BotError(f"{r.path}: image is {image.width}x{image.height} but its annotation says {r.width}x{r.height}")
         keep = ~r.ignore if self.train else np.ones(len(r.labels), bool)
@@ -131,3 +130,25 @@ class AspectBatchSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return self.sampler.per_rank // self.batch_size - self.sampler.skip // self.batch_size
+
+
+def check_val(split: Split, train: Split | None = None, enabled: bool = True) -> None:
+    """Before the first epoch: every validation image decodes and has the size its annotation gives (labels and
+    boxes were checked when the annotations were read). BotError names the first bad file. Then the classes are
+    printed, with where they came from (the training split's, which the validation split was read with)."""
+    def one(r):
+        if r.path is None:
+            raise BotError(f"{split.files.get(r.image_id, split.root)}: no image file for {r.image_id}")
+        width, height = verify(r.path)
+        if (width, height) != (r.width, r.height):
+            raise BotError(f"{r.path}: image is {width}x{height} but its annotation says {r.width}x{r.height}")
+
+    check_all(one, split.records)
+    report(classes_line(train or split), enabled)
+    report(f"checked {len(split.records)} validation images of {split.name}", enabled)
+
+
+def classes_line(split: Split) -> str:
+    """The classes and where they came from (printed once the splits are read, so an error stays one line)."""
+    found = " (no classes.txt, no data.classes)" if split.classes_from == "the annotations" else ""
+    return f"{len(split.classes)} classes from {split.classes_from}{found}: {', '.join(split.classes)}"

@@ -1,18 +1,28 @@
 """Pascal VOC devkit layout: `<root>/VOC<year>/{JPEGImages,Annotations,ImageSets/Main/<split>.txt}`.
 
 Several year-splits join into one set ("2007-trainval,2012-trainval"). Classes are, in order of precedence, the ones
-declared in the config, a `classes.txt` at the devkit root (one name a line, for custom VOC-layout sets), or the
-20 VOC classes; any other name in an annotation is an error that names the XML file. "difficult" objects are kept
-and flagged (evaluation ignores them, training skips them).
+declared in the config (`data.classes`, evaluate-detect's --classes), a `classes.txt` at the devkit root (one name a
+line), or else discovered: the sorted names found in the annotations of the split read (for VOC itself, the 20 VOC
+classes in their usual order); finetune-detect writes them to config.yaml and prints them. A name outside the
+declared classes is an error that names the XML file and says how to declare them.
+
+Image ids are the file stems, strings everywhere (`000005`, `IMG_0748`), so mixed names cannot clash; results files
+may also use the integer earlier versions wrote for numeric stems (000005 -> 5) where that is unambiguous.
+Images may have any extension of engine.images.IMAGE_EXTENSIONS (.jpg preferred when a stem has several). Split
+files and classes.txt may start with a UTF-8 BOM and end lines with CRLF. Coordinates must be finite and not
+inverted (an error names the file and the object); "difficult" objects are kept and flagged (evaluation ignores
+them, training skips them).
 """
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 
 from engine.errors import BotError
+from engine.images import IMAGE_EXTENSIONS, is_image_file
 
 from .records import ImageRecord, Split, clip_and_filter, voc_to_coco_gt
 
@@ -20,23 +30,54 @@ VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "
                "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
 
 
-def resolve_classes(root: Path, declared: list[str] | None) -> list[str]:
+def read_names_file(path: Path) -> list[str]:
+    """One class name a line; a UTF-8 BOM and CRLF line ends are tolerated."""
+    names = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
+    if not names:
+        raise BotError(f"{path}: no class names in this file")
+    if len(set(names)) != len(names):
+        raise BotError(f"{path}: class {next(n for n in names if names.count(n) > 1)!r} is listed twice")
+    return names
+
+
+def resolve_classes(root: Path, declared: list[str] | None) -> tuple[list[str] | None, str]:
+    """(classes, where they come from); None when they are to be discovered from the annotations."""
     if declared:
-        return list(declared)
+        return list(declared), "data.classes"
     listed = root / "classes.txt"
     if listed.is_file():
-        names = [ln.strip() for ln in listed.read_text().splitlines() if ln.strip()]
-        if not names:
-            raise BotError(f"{listed}: no class names in this file")
-        return names
-    return list(VOC_CLASSES)
+        return read_names_file(listed), str(listed)
+    return None, "the annotations"
 
 
-def image_id_for(stem: str) -> int | str:
-    """VOC ids as integers, as COCO results files want them: 000005 -> 5, 2008_000123 -> 2008000123
-    (2007's six-digit ids and 2012's ten-digit ones cannot collide); any other name stays a string."""
+HOW_TO_NAME = "name the classes with --set data.classes=[a,b,...] (evaluate-detect: --classes a,b,...) or ROOT/classes.txt"
+
+
+def legacy_image_id(stem: str) -> int | None:
+    """The integer id earlier versions gave a numeric VOC stem (000005 -> 5, 2008_000123 -> 2008000123); accepted
+    in results files as an alias of the stem when it is unambiguous."""
     digits = stem.replace("_", "")
-    return int(digits) if digits.isdigit() else stem
+    return int(digits) if digits.isdigit() else None
+
+
+def read_split_file(listing: Path) -> list[str]:
+    """Image stems of an ImageSets/Main split file: first column, BOM and CRLF tolerated, no duplicates."""
+    try:
+        text = listing.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise BotError(f"{listing}: not UTF-8 text ({e.reason})") from None
+    return [ln.split()[0] for ln in text.splitlines() if ln.strip()]
+
+
+def image_index(folder: Path) -> dict[str, Path]:
+    """stem -> image file in JPEGImages, any accepted extension; .jpg wins over another file of the same stem."""
+    out: dict[str, Path] = {}
+    if not folder.is_dir():
+        return out
+    for p in sorted(folder.iterdir()):
+        if is_image_file(p) and (p.stem not in out or p.suffix.lower() in (".jpg", ".jpeg")):
+            out[p.stem] = p
+    return out
 
 
 def _text(node, tag: str, xml: Path, what: str) -> str:
@@ -49,13 +90,16 @@ def _text(node, tag: str, xml: Path, what: str) -> str:
 def _number(node, tag: str, xml: Path, what: str) -> float:
     text = _text(node, tag, xml, what)
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise BotError(f"{xml}: {what} <{tag}> is not a number ({text!r})") from None
+    if not math.isfinite(value):
+        raise BotError(f"{xml}: {what} <{tag}> is not finite ({text!r})")
+    return value
 
 
-def parse_annotation(xml: Path, class_index: dict[str, int]) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray, int]:
-    """(width, height, boxes, labels, difficult, n_dropped) of one VOC XML file."""
+def parse_annotation(xml: Path) -> tuple[int, int, list[str], np.ndarray, np.ndarray]:
+    """(width, height, class names, boxes in continuous 0-based xyxy, difficult flags) of one VOC XML file."""
     try:
         root = ET.parse(xml).getroot()
     except ET.ParseError as e:
@@ -68,23 +112,22 @@ def parse_annotation(xml: Path, class_index: dict[str, int]) -> tuple[int, int, 
     width, height = int(_number(size, "width", xml, "<size>")), int(_number(size, "height", xml, "<size>"))
     if width <= 0 or height <= 0:
         raise BotError(f"{xml}: image size {width}x{height} is not positive")
-    boxes, labels, difficult = [], [], []
+    names, boxes, difficult = [], [], []
     for k, obj in enumerate(root.findall("object")):
         what = f"object {k + 1}"
-        name = _text(obj, "name", xml, what)
-        if name not in class_index:
-            raise BotError(f"{xml}: unknown class {name!r} in {what} (classes: {', '.join(class_index)})")
+        names.append(_text(obj, "name", xml, what))
         bb = obj.find("bndbox")
         if bb is None:
             raise BotError(f"{xml}: {what} lacks <bndbox>")
         xmin, ymin, xmax, ymax = (_number(bb, t, xml, f"{what} <bndbox>") for t in ("xmin", "ymin", "xmax", "ymax"))
+        # 1-based inclusive: xmax = xmin - 1 is an empty box (dropped later), anything below is drawn backwards
+        if xmax < xmin - 1 or ymax < ymin - 1:
+            raise BotError(f"{xml}: {what} ({names[-1]}) has an inverted box (xmin {xmin:g}, ymin {ymin:g}, "
+                           f"xmax {xmax:g}, ymax {ymax:g})")
         boxes.append((xmin - 1, ymin - 1, xmax, ymax))  # 1-based inclusive -> continuous 0-based
-        labels.append(class_index[name])
         d = obj.find("difficult")
         difficult.append(d is not None and (d.text or "0").strip() == "1")
-    boxes_arr, keep = clip_and_filter(np.array(boxes, np.float64).reshape(-1, 4), width, height)
-    return (width, height, boxes_arr[keep], np.array(labels, np.int64).reshape(-1)[keep],
-            np.array(difficult, bool).reshape(-1)[keep], int((~keep).sum()))
+    return width, height, names, np.array(boxes, np.float64).reshape(-1, 4), np.array(difficult, bool).reshape(-1)
 
 
 def parse_sets(sets: str | list[str]) -> list[tuple[str, str]]:
@@ -100,13 +143,14 @@ def parse_sets(sets: str | list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def load_voc(root: str | Path, sets: str | list[str], classes: list[str] | None = None) -> Split:
+def load_voc(root: str | Path, sets: str | list[str], classes: list[str] | None = None, images: bool = True) -> Split:
+    """The joined year-splits. `images=False` (scoring a results file) reads annotations only, so the image files
+    may be absent; otherwise every listed stem must have an image in JPEGImages (any accepted extension)."""
     root = Path(root)
     if not root.is_dir():
         raise BotError(f"{root}: no such VOC devkit folder")
-    names = resolve_classes(root, classes)
-    class_index = {n: i for i, n in enumerate(names)}
-    records, files, dropped = [], {}, 0
+    names, names_from = resolve_classes(root, classes)
+    parsed, seen = [], {}
     for year, split in parse_sets(sets):
         ydir = root / f"VOC{year}"
         if not ydir.is_dir():
@@ -114,18 +158,36 @@ def load_voc(root: str | Path, sets: str | list[str], classes: list[str] | None 
         listing = ydir / "ImageSets" / "Main" / f"{split}.txt"
         if not listing.is_file():
             raise BotError(f"{listing}: no such split file (set {year}-{split})")
-        for stem in (ln.split()[0] for ln in listing.read_text().splitlines() if ln.strip()):
+        found = image_index(ydir / "JPEGImages") if images else {}
+        for stem in read_split_file(listing):
             xml = ydir / "Annotations" / f"{stem}.xml"
             if not xml.is_file():
                 raise BotError(f"{xml}: no such annotation file (listed in {listing})")
-            width, height, boxes, labels, difficult, n_drop = parse_annotation(xml, class_index)
-            dropped += n_drop
-            image_id = image_id_for(stem)
-            if image_id in files:
-                raise BotError(f"{xml}: image id {stem} appears twice in the joined sets")
-            files[image_id] = xml
-            records.append(ImageRecord(image_id, ydir / "JPEGImages" / f"{stem}.jpg", width, height, boxes, labels, difficult))
+            if stem in seen:
+                raise BotError(f"{xml}: image id {stem} appears twice in the joined sets (also {seen[stem]})")
+            seen[stem] = xml
+            if images and stem not in found:
+                raise BotError(f"{ydir / 'JPEGImages' / stem}.*: no image file for {stem} (listed in {listing}; "
+                               f"extensions read: {' '.join(IMAGE_EXTENSIONS)})")
+            parsed.append((stem, xml, found.get(stem), parse_annotation(xml)))
+    if names is None:
+        names = sorted({n for *_, (_, _, objs, _, _) in parsed for n in objs})
+        if not names:
+            raise BotError(f"{root}: no objects in {sets} to find the classes from; {HOW_TO_NAME}")
+    class_index = {n: i for i, n in enumerate(names)}
+    records, files, dropped = [], {}, 0
+    for stem, xml, image, (width, height, objs, boxes, difficult) in parsed:
+        for k, name in enumerate(objs):
+            if name not in class_index:
+                raise BotError(f"{xml}: unknown class {name!r} in object {k + 1} (classes from {names_from}: "
+                               f"{', '.join(names[:8])}{', ...' if len(names) > 8 else ''}); {HOW_TO_NAME}")
+        labels = np.array([class_index[n] for n in objs], np.int64).reshape(-1)
+        boxes, keep = clip_and_filter(boxes, width, height)
+        dropped += int((~keep).sum())
+        files[stem] = xml
+        records.append(ImageRecord(stem, image, width, height, boxes[keep], labels[keep], difficult[keep]))
     category_ids = list(range(1, len(names) + 1))
     sets_text = ",".join(f"{y}-{s}" for y, s in parse_sets(sets))
-    return Split(f"voc:{sets_text}", root, records, names, category_ids, "voc",
-                 voc_to_coco_gt(records, names, category_ids), dropped, files)
+    out = Split(f"voc:{sets_text}", root, records, names, category_ids, "voc",
+                voc_to_coco_gt(records, names, category_ids), dropped, files, names_from)
+    return out

@@ -15,6 +15,7 @@ from engine.rundir import atomic_write_text, check_output_file
 
 from .metrics_coco import evaluate_coco
 from .metrics_voc import evaluate_voc
+from .data_voc import legacy_image_id
 from .records import Split
 
 RESULT_KEYS = ("image_id", "category_id", "bbox", "score")
@@ -61,39 +62,70 @@ def to_coco_results(split: Split, detections: list[dict]) -> list[dict]:
 
 
 def read_coco_results(path: str | Path, split: Split) -> list[dict]:
-    """A COCO results JSON, checked against the split: every entry complete, known image, known category."""
+    """A COCO results JSON, checked entry by entry against the split; BotError names the first bad entry's index.
+
+    VOC splits use file stems as image ids; an integer id is also accepted for a numeric stem (000005 as 5, the
+    ids earlier versions wrote) when no two stems of the split share that integer."""
     path = Path(path)
     try:
-        results = json.loads(path.read_text())
+        results = json.loads(path.read_text(encoding="utf-8-sig"))
     except OSError as e:
         raise BotError(f"{path}: cannot read detections ({e.strerror})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BotError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(results, list):
         raise BotError(f"{path}: expected a JSON list of detections (COCO results format)")
-    images = {r.image_id for r in split.records}
+    images = {r.image_id: r.image_id for r in split.records}
+    aliases: dict = {}
+    if split.kind == "voc":
+        for r in split.records:
+            n = legacy_image_id(str(r.image_id))
+            if n is not None:
+                aliases.setdefault(n, []).append(r.image_id)
+        images.update({n: stems[0] for n, stems in aliases.items() if len(stems) == 1})
     label_of = {cid: k for k, cid in enumerate(split.category_ids)}
     out = []
     for i, r in enumerate(results):
-        if not isinstance(r, dict) or any(k not in r for k in RESULT_KEYS):
-            raise BotError(f"{path}: detection {i} lacks one of {', '.join(RESULT_KEYS)}")
-        if r["image_id"] not in images:
-            raise BotError(f"{path}: detection {i} refers to image_id {r['image_id']!r}, which is not in {split.name}")
-        if r["category_id"] not in label_of:
-            raise BotError(f"{path}: detection {i} has unknown category_id {r['category_id']!r}")
-        x, y, w, h = (float(v) for v in r["bbox"])
-        if not all(math.isfinite(v) for v in (x, y, w, h, float(r["score"]))):
-            raise BotError(f"{path}: detection {i} has a non-finite bbox or score")
-        out.append({"image_id": r["image_id"], "label": label_of[r["category_id"]], "score": float(r["score"]),
+        where = f"{path}: detection {i}"
+        if not isinstance(r, dict):
+            raise BotError(f"{where} is {json.dumps(r)[:40]}, not a JSON object")
+        missing = [k for k in RESULT_KEYS if k not in r]
+        if missing:
+            raise BotError(f"{where} lacks {', '.join(missing)} (needs {', '.join(RESULT_KEYS)})")
+        image_id = r["image_id"]
+        if type(image_id) is int and len(aliases.get(image_id, ())) > 1:
+            raise BotError(f"{where} image_id {image_id} could be any of {', '.join(aliases[image_id][:3])}: "
+                           f"give the file stem")
+        if isinstance(image_id, bool) or not isinstance(image_id, (int, str)) or image_id not in images:
+            raise BotError(f"{where} refers to image_id {json.dumps(image_id)[:40]}, which is not in {split.name}")
+        category = r["category_id"]
+        if type(category) is not int or category not in label_of:
+            raise BotError(f"{where} has unknown category_id {json.dumps(category)[:40]}")
+        bbox, score_ = r["bbox"], r["score"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite(v) for v in bbox)):
+            raise BotError(f"{where} bbox {json.dumps(bbox)[:60]} is not [x, y, w, h] of 4 finite numbers")
+        if bbox[2] < 0 or bbox[3] < 0:
+            raise BotError(f"{where} bbox {json.dumps(bbox)[:60]} has a negative width or height")
+        if not _finite(score_):
+            raise BotError(f"{where} score {json.dumps(score_)[:40]} is not a finite number")
+        x, y, w, h = (float(v) for v in bbox)
+        out.append({"image_id": images[image_id], "label": label_of[category], "score": float(score_),
                     "box": [x, y, x + w, y + h]})
     return out
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def score(split: Split, detections: list[dict]) -> tuple[dict, dict, str]:
     """(metrics as docs/design.md section 3 names them, per-class APs, a printable table)."""
     voc = evaluate_voc(detections, split.ground_truth(), split.classes)
     coco, _ = evaluate_coco(split.coco_gt, to_coco_results(split, detections))
-    metrics = {"voc07_map50": voc.map07, "voc_map50": voc.map_area, **coco}
+    scored = sum(n > 0 for n in voc.npos)
+    # the means are over the classes with ground truth: the count travels with them (table and summary.json)
+    metrics = {"voc07_map50": voc.map07, "voc_map50": voc.map_area, **coco,
+               "classes_scored": scored, "classes_declared": len(split.classes)}
     per_class = {c: {"ap07": a, "ap_area": b, "n_gt": n} for c, a, b, n in zip(voc.classes, voc.ap07, voc.ap_area, voc.npos)}
     return metrics, per_class, format_table(metrics, per_class)
 
@@ -106,6 +138,10 @@ def format_table(metrics: dict, per_class: dict) -> str:
     for c, v in per_class.items():
         lines.append(f"{c:<{width}}  {pct(v['ap07'])}    {pct(v['ap_area'])}   {v['n_gt']}")
     lines.append(f"{'mean':<{width}}  {pct(metrics['voc07_map50'])}    {pct(metrics['voc_map50'])}")
+    absent = [c for c, v in per_class.items() if not v["n_gt"]]
+    if absent:
+        lines.append(f"WARNING: mean over {len(per_class) - len(absent)} of {len(per_class)} classes; no ground "
+                     f"truth for {', '.join(absent[:10])}{', ...' if len(absent) > 10 else ''}")
     lines.append("COCO  AP " + pct(metrics["coco_map"]) + "  AP50 " + pct(metrics["coco_map50"]) + "  AP75 "
                  + pct(metrics.get("coco_map75")) + "  APs " + pct(metrics.get("coco_map_small")) + "  APm "
                  + pct(metrics.get("coco_map_medium")) + "  APl " + pct(metrics.get("coco_map_large")))
@@ -135,9 +171,13 @@ def run_evaluate_cli(data=None, val_set=None, detections=None, weights=None, dev
         model, meta = load_detector(weights)
     kind, root, _, val = resolve_data(data, None, val_set, None if meta is None else meta.get("synthetic"))
     from .data import load_split
+    if isinstance(classes, str):
+        classes = [c.strip() for c in classes.split(",") if c.strip()] or None
+    if classes and kind != "voc":
+        raise BotError("--classes: only for VOC-layout data (COCO names its categories in the json)")
     if kind == "voc" and classes is None and meta is not None:
         classes = meta["classes"]
-    split = load_split(kind, root, val, classes if kind == "voc" else None)
+    split = load_split(kind, root, val, classes if kind == "voc" else None, images=weights is not None)
     if weights is not None:
         if list(meta["classes"]) != list(split.classes):
             raise BotError(f"{weights}: the detector knows classes {meta['classes'][:5]}..., the data {split.classes[:5]}...")
@@ -148,7 +188,8 @@ def run_evaluate_cli(data=None, val_set=None, detections=None, weights=None, dev
     else:
         dets = read_coco_results(detections, split)
     metrics, per_class, table = score(split, dets)
-    click.echo(f"{split.name}: {len(split)} images, {len(dets)} detections")
+    from .data import classes_line
+    click.echo(f"{split.name}: {len(split)} images, {len(dets)} detections; {classes_line(split)}")
     click.echo(table)
     if out:
         atomic_write_text(Path(out), json.dumps({"dataset": split.name, "metrics": metrics, "per_class": per_class}, indent=2) + "\n")

@@ -14,8 +14,8 @@ import numpy as np
 
 @dataclass
 class ImageRecord:
-    image_id: int | str
-    path: Path
+    image_id: int | str    # VOC: the file stem; COCO: the json's id
+    path: Path | None      # None when only the annotations were read (scoring a results file)
     width: int
     height: int
     boxes: np.ndarray      # (N, 4) float64, continuous 0-based xyxy
@@ -34,6 +34,7 @@ class Split:
     coco_gt: dict | None = None     # the COCO ground truth dict (real COCO json, or converted from VOC)
     dropped_boxes: int = 0          # zero-area / outside-image boxes dropped while reading
     files: dict = field(default_factory=dict)  # image_id -> annotation file (for error messages)
+    classes_from: str = ""          # where the class list came from (a file, data.classes, the annotations)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -57,7 +58,7 @@ def voc_to_coco_gt(records: list[ImageRecord], classes: list[str], category_ids:
     """A COCO ground-truth dict from records; ignored (difficult) objects become iscrowd=1, which COCOeval ignores."""
     images, anns = [], []
     for r in records:
-        images.append({"id": r.image_id, "width": r.width, "height": r.height, "file_name": r.path.name})
+        images.append({"id": r.image_id, "width": r.width, "height": r.height, "file_name": r.path.name if r.path else str(r.image_id)})
         for b, lab, ig in zip(r.boxes, r.labels, r.ignore):
             w, h = float(b[2] - b[0]), float(b[3] - b[1])
             anns.append({"id": len(anns) + 1, "image_id": r.image_id, "category_id": category_ids[int(lab)],

@@ -19,7 +19,7 @@ from engine.schedules import Schedule, scaled_lr
 from engine.stage import Session, StageDef, fresh_config, launch, run_config
 from pretrain.weights import is_arch_name
 
-from .data import AspectBatchSampler, DetectionDataset, collate, load_split, parse_spec, resolve_data
+from .data import AspectBatchSampler, DetectionDataset, check_val, collate, load_split, parse_spec, resolve_data
 from .evaluate import predict, score, write_detections
 from .model import build_detector, resolve_auto, save_detector
 
@@ -95,6 +95,8 @@ def train_session(session: Session) -> dict:
     val_split = load_split(kind, root, val_set, d["classes"] or (train_split.classes if kind == "voc" else None))
     if val_split.classes != train_split.classes:
         raise BotError(f"{root}: train and val splits have different classes")
+    check_val(val_split, train_split, ctx.is_main)
+    d["classes"] = train_split.classes  # config.yaml records the classes, also when discovered from the annotations
     # recorded resolved, so that config.yaml says what ran and a rebuild from it makes the same modules
     cfg["model"] = m = resolve_auto(m, is_arch_name(str(m["backbone"])))
     model, info = build_detector(m["backbone"], len(train_split.classes), m, d["min_size"], d["max_size"])

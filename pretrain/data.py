@@ -11,13 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets
 from torchvision.transforms import v2
 
 from engine.distributed import DistContext, EpochSampler, ShardSampler, seeded_sample
 from engine.errors import BotError
+from engine.images import IMAGE_EXTENSIONS, check_all, is_image_file, read_rgb, verify
+from engine.progress import report
 
 from .weights import PAPER_MEAN, PAPER_STD
 
@@ -75,21 +77,19 @@ def val_transform(image_size: int, mean=PAPER_MEAN, std=PAPER_STD):
 
 
 def load_rgb(path: str) -> Image.Image:
-    try:
-        with open(path, "rb") as f:
-            img = Image.open(f)
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise BotError(f"{path}: not a readable image ({type(e).__name__}: {str(e).splitlines()[0][:100]})") from None
+    # EXIF orientation applied: a class does not depend on how the camera was held (engine/images.py)
+    return read_rgb(path, exif=True)
 
 
 def image_folder(split_dir: Path) -> datasets.ImageFolder:
     if not split_dir.is_dir():
         raise BotError(f"{split_dir}: split folder not found (expected <data>/train/<class>/*.jpg and <data>/val/<class>/*.jpg)")
     try:
-        return datasets.ImageFolder(str(split_dir), loader=load_rgb)
+        folder = datasets.ImageFolder(str(split_dir), loader=load_rgb, is_valid_file=is_image_file)
     except FileNotFoundError as e:
         raise BotError(f"{split_dir}: {str(e).splitlines()[0]}") from None
+    note_skipped_files(split_dir)
+    return folder
 
 
 class SeededSplit(Dataset):
@@ -143,3 +143,20 @@ def build_loaders(data: ClassificationData, ctx: DistContext, batch_per_rank: in
     train = DataLoader(data.train, batch_size=batch_per_rank, sampler=sampler, drop_last=True, **common)
     val = DataLoader(data.val, batch_size=batch_per_rank, sampler=ShardSampler(len(data.val), ctx), **common)
     return train, sampler, val
+
+
+def note_skipped_files(split_dir: Path) -> None:
+    """Say which files of the class folders are not read (not an image extension), instead of skipping them silently."""
+    skipped = sorted(p for p in Path(split_dir).glob("*/*")
+                     if p.is_file() and not p.name.startswith(".") and not is_image_file(p))
+    if skipped:
+        report(f"note: {split_dir}: skipped {len(skipped)} file(s) that are not images by extension, e.g. {skipped[0]} "
+               f"(read: {' '.join(IMAGE_EXTENSIONS)})")
+
+
+def check_val(data: ClassificationData, enabled: bool = True) -> None:
+    """Decode every validation image before the first epoch, so a bad file stops the run before training (not
+    after a lost epoch); BotError names the first bad file."""
+    paths = [p for p, _ in data.val.samples]
+    check_all(lambda p: verify(p, exif=True), paths)
+    report(f"checked {len(paths)} validation images in {data.root / 'val'}", enabled)

@@ -21,7 +21,7 @@ from engine.schedules import Schedule, scaled_lr
 from engine.stage import Session, StageDef, launch, run_config
 
 from .backbones import create_backbone, parse_arch
-from .data import build_datasets, build_loaders
+from .data import build_datasets, build_loaders, check_val
 from .optim import build_optimizer
 from .recipes import RENAMED, apply_synthetic_scale, load_recipe, schema
 from .tricks import distillation_loss, mixup, smooth_targets, soft_cross_entropy
@@ -93,6 +93,7 @@ def train_session(session: Session) -> dict:
     else:
         root = Path(d["path"])
     data = build_datasets(root, d, seed)
+    check_val(data, ctx.is_main)
     num_classes = len(data.classes)
     per_rank = session.per_rank(t["batch_size"])
     train_loader, sampler, val_loader = build_loaders(data, ctx, per_rank, d["workers"], seed)

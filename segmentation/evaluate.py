@@ -13,11 +13,12 @@ from PIL import Image
 
 from engine.distributed import DistContext, ShardSampler, setup
 from engine.errors import BotError
+from engine.images import decode
 from engine.rundir import atomic_write_text, check_output_file, check_output_folder
 from engine.weights_file import load_tensors, write_weights
 
-from .data import SegDataset, SegSource, list_pairs, read_mask
-from .metrics import ConfusionMatrix, per_class_table
+from .data import INDEX_MODES, SegDataset, SegSource, list_masks, list_pairs, read_mask
+from .metrics import ConfusionMatrix, classes_scored, per_class_table
 from .transforms import eval_transform, pad_collate
 
 PAD_MULTIPLE = 32  # every head's input must be divisible by its deepest stride
@@ -97,20 +98,21 @@ def load_run_model(run: Path, config: dict):
 
 
 def score_predictions(pred_dir: Path, source: SegSource, split: str) -> ConfusionMatrix:
-    """Confusion matrix of a folder of predicted PNG masks (class ids 0..N-1, stems as the split's images)."""
+    """Confusion matrix of a folder of predicted PNG masks (class ids 0..N-1, named as the split's masks); only
+    the masks and the predictions are read, never the images."""
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise BotError(f"{pred_dir}: no such predictions folder")
     cm = ConfusionMatrix(source.num_classes, source.ignore_index)
-    for image_path, mask_path in list_pairs(source, split):
-        p = pred_dir / f"{image_path.stem}.png"
+    for mask_path in list_masks(source, split):
+        p = pred_dir / mask_path.name
         if not p.is_file():
-            raise BotError(f"{p}: no prediction for {image_path}")
+            raise BotError(f"{p}: no prediction for {mask_path}")
         target = read_mask(mask_path, source)
-        with Image.open(p) as im:
-            if im.mode not in ("L", "P", "I", "I;16"):
-                raise BotError(f"{p}: prediction is a {im.mode} colour image; expected single-channel class ids")
-            pred = torch.from_numpy(np.asarray(im).astype(np.int64))
+        im = decode(p)
+        if im.mode not in INDEX_MODES:
+            raise BotError(f"{p}: prediction is a {im.mode} colour image; expected single-channel class ids")
+        pred = torch.from_numpy(np.asarray(im).astype(np.int64))
         if pred.shape != target.shape:
             raise BotError(f"{p}: prediction size {pred.shape[1]}x{pred.shape[0]} differs from its mask "
                            f"{mask_path.name} ({target.shape[1]}x{target.shape[0]})")
@@ -118,6 +120,34 @@ def score_predictions(pred_dir: Path, source: SegSource, split: str) -> Confusio
             raise BotError(f"{p}: predicted value {int(pred.max())} is not a class of {source.num_classes}")
         cm.update(pred, target)
     return cm
+
+
+def read_run_config(run: Path) -> dict:
+    """config.yaml of a finetune-seg run; BotError naming the run's task when it is another stage's."""
+    import yaml
+
+    config_file = run / "config.yaml"
+    if not config_file.is_file():
+        raise BotError(f"{run}: not a finetune-seg run directory (no config.yaml)")
+    try:
+        config = yaml.safe_load(config_file.read_text())
+    except yaml.YAMLError as e:
+        raise BotError(f"{config_file}: not valid YAML ({str(e).splitlines()[0]})") from None
+    config = config if isinstance(config, dict) else {}
+    model, data = config.get("model"), config.get("data")
+    if not (isinstance(model, dict) and "head" in model and isinstance(data, dict) and "crop_size" in data
+            and "eval" in config):
+        task = "another stage's"
+        summary = run / "summary.json"
+        if summary.is_file():
+            try:
+                task = f"a {json.loads(summary.read_text()).get('task')}"
+            except (json.JSONDecodeError, AttributeError):
+                pass
+        else:
+            task = "a pretrain" if "recipe" in config else "a detect" if "backbone" in config else task
+        raise BotError(f"{config_file}: not a finetune-seg run directory (it is {task} run)")
+    return config
 
 
 def run_from_cli(*, run=None, predictions=None, data=None, split=None, num_classes=None, ignore_index=None,
@@ -131,10 +161,7 @@ def run_from_cli(*, run=None, predictions=None, data=None, split=None, num_class
     check_output_folder(save_predictions, "--save-predictions")
     if run is not None:
         run = Path(run)
-        if not (run / "config.yaml").is_file():
-            raise BotError(f"{run}: not a finetune-seg run directory (no config.yaml)")
-        import yaml
-        config = yaml.safe_load((run / "config.yaml").read_text())
+        config = read_run_config(run)
         d = config["data"]
         if data is not None:  # a different data set, same classes
             d.update(spec=data, train_split=None, val_split=None)
@@ -167,6 +194,7 @@ def run_from_cli(*, run=None, predictions=None, data=None, split=None, num_class
     out = {"split": split, "dataset": str(source.root), "miou": result["miou"], "pixel_acc": result["pixel_acc"],
            "mean_class_acc": result["mean_class_acc"],
            "per_class_iou": {n: (None if math.isnan(v) else v) for n, v in zip(source.class_names, result["iou"])}}
+    out.update(classes_scored=classes_scored(result), classes_declared=source.num_classes)
     if json_out:
         atomic_write_text(Path(json_out), json.dumps(out, indent=2) + "\n")
     return out

@@ -66,9 +66,15 @@ class ConfusionMatrix:
         }
 
 
+def classes_scored(result: dict) -> int:
+    return sum(not math.isnan(v) for v in result["iou"])
+
+
 def headline(result: dict) -> dict:
-    """The scalar metrics for summary.json and the log (fractions in [0, 1])."""
-    return {k: result[k] for k in ("miou", "pixel_acc", "mean_class_acc")}
+    """The scalar metrics for summary.json and the log (fractions in [0, 1]), with the number of classes the mIoU
+    is over next to the number declared, so that a mean over fewer classes is never read as a plain score."""
+    return {**{k: result[k] for k in ("miou", "pixel_acc", "mean_class_acc")},
+            "classes_scored": classes_scored(result), "classes_declared": len(result["iou"])}
 
 
 def per_class_table(result: dict, class_names: list[str]) -> str:
@@ -78,7 +84,12 @@ def per_class_table(result: dict, class_names: list[str]) -> str:
     for c, name in enumerate(class_names):
         lines.append(f"| {c} | {name} | {fmt(result['iou'][c])} | {fmt(result['class_acc'][c])} | "
                      f"{result['gt_pixels'][c]} | {result['pred_pixels'][c]} |")
-    lines.append(f"\nmIoU {100 * result['miou']:.2f} % (over {sum(not math.isnan(v) for v in result['iou'])} classes present "
+    scored, declared = classes_scored(result), len(result["iou"])
+    lines.append(f"\nmIoU {100 * result['miou']:.2f} % (over {scored} of {declared} classes, those present "
                  f"in ground truth or predictions), pixel acc {100 * result['pixel_acc']:.2f} %, "
                  f"mean class acc {100 * result['mean_class_acc']:.2f} %")
+    if scored < declared:
+        absent = [n for n, v in zip(class_names, result["iou"]) if math.isnan(v)]
+        lines.append(f"WARNING: mIoU over {scored} of {declared} declared classes; absent from ground truth and "
+                     f"predictions: {', '.join(absent[:10])}{', ...' if len(absent) > 10 else ''}")
     return "\n".join(lines) + "\n"

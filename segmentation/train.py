@@ -22,7 +22,7 @@ from engine.schedules import Schedule
 from engine.stage import Session, StageDef, fresh_config, launch, run_config
 from engine import distributed as dist
 
-from .data import SegDataset, default_config, list_pairs, source_from_config
+from .data import SegDataset, check_splits, default_config, list_pairs, source_from_config
 from .evaluate import confusion, save_segmenter
 from .metrics import headline, per_class_table
 from .models import build_model, param_groups
@@ -111,6 +111,7 @@ def train_session(session: Session) -> dict:
 
     source = source_from_config(cfg)
     train_pairs, val_pairs = list_pairs(source, source.splits[0]), list_pairs(source, source.splits[1])
+    check_splits(source, train_pairs, val_pairs, ctx.is_main)
     d["num_classes"], d["ignore_index"] = source.num_classes, source.ignore_index
 
     model, info = build_model(m["backbone"], m["head"], source.num_classes, aux=m["aux"], output_stride=m["output_stride"],

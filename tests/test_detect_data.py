@@ -45,7 +45,7 @@ def test_voc_boxes_classes_and_difficult(tmp_path):
     write_devkit(tmp_path, {"000001": [obj("dog", (1, 1, 10, 20)), obj("cat", (5, 6, 40, 30), 1)]})
     s = load_voc(tmp_path, "2007-test")
     r = s.records[0]
-    assert s.classes == ["cat", "dog"] and r.image_id == 1 and (r.width, r.height) == (40, 30)
+    assert s.classes == ["cat", "dog"] and r.image_id == "000001" and (r.width, r.height) == (40, 30)
     np.testing.assert_array_equal(r.boxes, [[0, 0, 10, 20], [4, 5, 40, 30]])  # 1-based inclusive -> continuous
     assert r.labels.tolist() == [1, 0] and r.ignore.tolist() == [False, True]
     gt = s.coco_gt["annotations"]
@@ -56,11 +56,14 @@ def test_voc_boxes_classes_and_difficult(tmp_path):
     np.testing.assert_allclose(target["boxes"].numpy(), [[0, 0, 20, 40]])
 
 
-def test_voc_default_classes_and_joined_years(tmp_path):
+def test_voc_discovered_classes_and_joined_years(tmp_path):
     write_devkit(tmp_path, {"000001": [obj("dog", (1, 1, 10, 10))]}, classes=None)
-    write_devkit(tmp_path, {"2008_000002": [obj("person", (1, 1, 10, 10))]}, year="2012", classes=None)
+    write_devkit(tmp_path, {"2008_000002": [obj("person", (1, 1, 10, 10)), obj("cat", (2, 2, 9, 9))]},
+                 year="2012", classes=None)
     s = load_voc(tmp_path, "2007-test,2012-test")
-    assert len(s.classes) == 20 and [r.image_id for r in s.records] == [1, 2008000002]
+    # no classes.txt, no data.classes: the sorted names of the annotations; ids are the stems
+    assert s.classes == ["cat", "dog", "person"] and s.classes_from == "the annotations"
+    assert [r.image_id for r in s.records] == ["000001", "2008_000002"]
     assert [s.classes[r.labels[0]] for r in s.records] == ["dog", "person"]
 
 
@@ -162,7 +165,7 @@ def test_detections_file_checked_against_the_split(tmp_path):
     res = evaluate(base)
     assert res.exit_code == 2 and "dets.json: detection 0 refers to image_id 77" in res.output
     dets.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10]}]))
-    assert "dets.json: detection 0 lacks one of" in evaluate(base).output
+    assert "dets.json: detection 0 lacks score" in evaluate(base).output
     # a good file: cat perfect, dog missed -> VOC07 mAP 50
     dets.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "score": .9}]))
     res = evaluate(base)
@@ -177,3 +180,17 @@ def test_data_specs():
     assert parse_spec("voc:/d/VOCdevkit") == ("voc", "/d/VOCdevkit")
     with pytest.raises(BotError, match="expected voc:PATH"):
         parse_spec("imagenet:/x")
+
+
+def test_integer_ids_in_results_are_an_alias_of_numeric_stems_only_when_unambiguous(tmp_path):
+    write_devkit(tmp_path, {"000005": [obj("cat", (1, 1, 10, 10))], "0005": [obj("dog", (1, 1, 10, 10))],
+                            "000007": [obj("cat", (1, 1, 10, 10))]})
+    dets = tmp_path / "dets.json"
+    base = ["--data", f"voc:{tmp_path}", "--val-set", "2007-test", "--detections", str(dets)]
+    dets.write_text(json.dumps([{"image_id": 7, "category_id": 1, "bbox": [0, 0, 10, 10], "score": .9}]))
+    res = evaluate(base)  # 7 can only be 000007: the cat there is found, the other cat is not
+    assert res.exit_code == 0, res.output
+    assert re.search(r"cat\s+54\.55\s+50\.00", res.output)  # VOC07 6/11 at recall 0.5; area AP 0.5
+    dets.write_text(json.dumps([{"image_id": 5, "category_id": 1, "bbox": [0, 0, 10, 10], "score": .9}]))
+    res = evaluate(base)  # 5 could be 000005 or 0005
+    assert res.exit_code == 2 and "detection 0 image_id 5 could be any of 000005, 0005: give the file stem" in res.output
