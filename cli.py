@@ -172,6 +172,8 @@ def evaluate_seg(**options):
 @click.option("--data", help="voc:PATH (VOCdevkit), coco:PATH, or synthetic[:voc|:coco] (default: synthetic VOC layout).")
 @click.option("--train-sets", help="VOC: YEAR-SPLIT list, e.g. 2007-trainval,2012-trainval; COCO: a split, e.g. train2017.")
 @click.option("--val-set", help="VOC: e.g. 2007-test; COCO: e.g. val2017.")
+@click.option("--detector", type=click.Choice(["c4", "fpn"]),
+              help="c4: GluonCV's C4 Faster R-CNN, the paper's (default for voc:); fpn: torchvision's FPN (coco:, synthetic).")
 @click.option("--epochs", type=int)
 @click.option("--batch-size", type=int, help="Global batch size (split over processes).")
 @click.option("--lr", type=float, help="Learning rate (default: base_lr scaled to the batch size).")
@@ -181,7 +183,7 @@ def evaluate_seg(**options):
 @click.option("--out", type=click.Path(), help="Run directory (default: runs/detect-<backbone>).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other key of detection/defaults.yaml; repeatable.")
 def finetune_detect(nproc, **options):
-    """Fine-tune Faster R-CNN (FPN) on a backbone checkpoint; VOC07/VOC/COCO box AP."""
+    """Fine-tune Faster R-CNN (C4 or FPN) on a backbone checkpoint; VOC07/VOC/COCO box AP."""
     run_training_stage(nproc, "detection.train:run_from_cli", **options)
 
 

@@ -22,7 +22,7 @@ from pretrain.weights import is_arch_name
 
 from .data import AspectBatchSampler, DetectionDataset, collate, load_split, parse_spec
 from .evaluate import predict, score, write_detections
-from .model import build_detector, resolve_auto, save_detector
+from .model import build_detector, resolve_auto, resolve_detector, save_detector
 
 HERE = Path(__file__).parent
 DEFAULTS = {"voc": ("2007-trainval,2012-trainval", "2007-test"), "coco": ("train2017", "val2017"),
@@ -34,12 +34,18 @@ def resolve_config(options: dict, sets=()) -> dict:
     cfg = load_yaml(HERE / "defaults.yaml")
     spec = options.get("data.spec")
     if parse_spec(spec)[0] == "synthetic":
-        overlay = load_yaml(HERE / "synthetic.yaml")
-        for block, values in overlay.items():
-            cfg[block].update(values)
+        _merge(cfg, load_yaml(HERE / "synthetic.yaml"))
     apply_options(cfg, options)
     apply_sets(cfg, sets)
     return cfg
+
+
+def _merge(into: dict, over: dict) -> None:
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def resolve_data(spec, train_sets, val_set, synthetic: dict | None) -> tuple[str, Path, str, str]:
@@ -85,6 +91,7 @@ def _run(cfg: dict, out: Path, resume: bool, ctx) -> dict:
     if val_split.classes != train_split.classes:
         raise BotError(f"{root}: train and val splits have different classes")
     # recorded resolved, so that config.yaml says what ran and a rebuild from it makes the same modules
+    resolve_detector(cfg, "synthetic" if parse_spec(d["spec"])[0] == "synthetic" else kind)
     cfg["model"] = m = resolve_auto(m, is_arch_name(str(cfg["backbone"])))
     model, info = build_detector(cfg["backbone"], len(train_split.classes), m, d["min_size"], d["max_size"])
     model.to(ctx.device)
@@ -96,7 +103,8 @@ def _run(cfg: dict, out: Path, resume: bool, ctx) -> dict:
     if world_batch % ctx.world_size:
         raise BotError(f"--batch-size {world_batch}: must divide over {ctx.world_size} processes")
     batch = world_batch // ctx.world_size
-    train_ds = DetectionDataset(train_split, True, d["min_size"], d["max_size"], d["flip_p"], t["seed"])
+    train_ds = DetectionDataset(train_split, True, d["min_size"], d["max_size"], d["flip_p"], t["seed"],
+                                train_ignored=d["train_difficult"] and kind == "voc")
     sampler = EpochSampler(len(train_ds), ctx, t["seed"], shuffle=True, drop_last=True, batch_size=batch)
     aspects = [r.width / r.height for r in train_split.records]
     loader = DataLoader(train_ds, batch_sampler=AspectBatchSampler(sampler, aspects, batch), collate_fn=collate,
@@ -166,7 +174,7 @@ def _run(cfg: dict, out: Path, resume: bool, ctx) -> dict:
     return result["metrics"]
 
 
-def run_from_cli(*, backbone=None, data=None, train_sets=None, val_set=None, epochs=None, batch_size=None, lr=None,
+def run_from_cli(*, backbone=None, data=None, train_sets=None, val_set=None, detector=None, epochs=None, batch_size=None, lr=None,
                  image_size=None, max_size=None, precision=None, device=None, workers=None, seed=None, out=None,
                  resume=False, sets=()) -> dict:
     if resume:
@@ -180,7 +188,7 @@ def run_from_cli(*, backbone=None, data=None, train_sets=None, val_set=None, epo
             cfg["device"] = device
         return run_finetune(cfg, out, resume=True)
     options = {"backbone": backbone, "device": device, "data.spec": data, "data.train_sets": train_sets,
-               "data.val_set": val_set, "data.min_size": image_size, "data.workers": workers, "train.epochs": epochs,
+               "data.val_set": val_set, "model.detector": detector, "data.min_size": image_size, "data.workers": workers, "train.epochs": epochs,
                "train.batch_size": batch_size, "train.lr": lr, "train.precision": precision, "train.seed": seed}
     if image_size is not None:
         options["data.max_size"] = max_size or round(image_size * 1000 / 600)
