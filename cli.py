@@ -130,7 +130,7 @@ def demo(depth, **options):
 @click.option("--class-names", type=click.Path(), help="File with one class name per line.")
 @click.option("--epochs", type=int)
 @click.option("--batch-size", type=int, help="Global batch size (split over processes).")
-@click.option("--lr", type=float, help="Peak learning rate of the heads (the backbone's is x train.backbone_lr_mult).")
+@click.option("--lr", type=float, help="Peak learning rate of the backbone (the heads' is x train.head_lr_mult, 10).")
 @click.option("--base-size", type=int, help="Shorter side before random scaling 0.5-2.0.")
 @click.option("--crop-size", type=int, help="Training crop (and sliding-window) size.")
 @click.option("--image-size", type=int, help="Sets --base-size and --crop-size together.")
@@ -155,7 +155,8 @@ def finetune_seg(nproc, image_size, **options):
 @click.option("--num-classes", type=int)
 @click.option("--ignore-index", type=int)
 @click.option("--class-names", type=click.Path())
-@click.option("--mode", type=click.Choice(["whole", "slide"]), help="Full image or sliding crop-size windows.")
+@click.option("--mode", type=click.Choice(["whole", "slide", "ms-flip"]),
+              help="Full image, sliding crop-size windows, or GluonCV's multi-scale (0.5-1.75) + flip test (eval.ms_*).")
 @click.option("--batch-size", type=int)
 @click.option("--device")
 @click.option("--save-predictions", type=click.Path(), help="Write the run's predicted masks here as PNGs.")

@@ -29,7 +29,7 @@ def predict_logits(model, images: torch.Tensor, mode: str = "whole", window: int
     if mode == "whole":
         return model(images)["out"]
     if mode != "slide":
-        raise BotError(f"eval.mode {mode!r}: use whole or slide")
+        raise BotError(f"eval.mode {mode!r}: use whole, slide or ms-flip")
     b, _, h, w = images.shape
     step = max(1, int(window * (1 - overlap)))
     ys = list(range(0, max(h - window, 0) + 1, step))
@@ -52,9 +52,37 @@ def predict_logits(model, images: torch.Tensor, mode: str = "whole", window: int
     return logits / counts
 
 
+def ms_options(config: dict) -> dict:
+    """The ms-flip settings of a finetune-seg config (its `eval` block and data.base_size; defaults.yaml's for a
+    config written before these keys existed)."""
+    from .train import default_config
+
+    e = {**default_config()["eval"], **config["eval"]}
+    return {"scales": [float(s) for s in e["ms_scales"]], "flip": bool(e["ms_flip"]),
+            "base_size": int(e["ms_base_size"] or config["data"]["base_size"])}
+
+
+@torch.no_grad()
+def predict_labels(model, images: torch.Tensor, sizes, mode: str, window: int, overlap: float,
+                   ms: dict | None = None) -> torch.Tensor:
+    """Predicted class ids (B, H, W) of a padded batch; ms-flip scores each image at its own size (`sizes`), so
+    that no padding is rescaled with it, and leaves class 0 on the padding (labelled ignore)."""
+    if mode != "ms-flip":
+        return predict_logits(model, images, mode, window, overlap).argmax(1)
+    if not ms:
+        raise BotError("eval.mode ms-flip: needs eval.ms_scales, eval.ms_flip and a base size")
+    from .multiscale import ms_flip_probs
+
+    pred = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.int64, device=images.device)
+    for i, (h, w) in enumerate(sizes):
+        probs = ms_flip_probs(model, images[i:i + 1, :, :h, :w], window=window, overlap=overlap, **ms)
+        pred[i, :h, :w] = probs.argmax(1)[0]
+    return pred
+
+
 @torch.no_grad()
 def confusion(model, dataset: SegDataset, ctx: DistContext, *, batch_size: int, mode: str, window: int,
-              overlap: float, workers: int = 0, on_batch=None) -> ConfusionMatrix:
+              overlap: float, workers: int = 0, on_batch=None, ms: dict | None = None) -> ConfusionMatrix:
     """The confusion matrix of `model` on `dataset`, each image scored once over all ranks, then summed."""
     source = dataset.source
     loader = torch.utils.data.DataLoader(
@@ -64,7 +92,7 @@ def confusion(model, dataset: SegDataset, ctx: DistContext, *, batch_size: int, 
     model.eval()
     cm = ConfusionMatrix(source.num_classes, source.ignore_index)
     for images, masks, sizes, indices in loader:
-        pred = predict_logits(model, images.to(ctx.device), mode, window, overlap).argmax(1).cpu()
+        pred = predict_labels(model, images.to(ctx.device), sizes, mode, window, overlap, ms).cpu()
         cm.update(pred, masks)  # padding is labelled ignore, so it counts nowhere
         if on_batch is not None:
             on_batch(pred, sizes, indices)
@@ -159,14 +187,15 @@ def run_from_cli(*, run=None, predictions=None, data=None, split=None, num_class
                     Image.fromarray(p[:h, :w].numpy().astype(np.uint8), mode="L").save(out_dir / f"{dataset.pairs[i][0].stem}.png")
         cm = confusion(model, dataset, ctx, batch_size=batch_size or config["eval"]["batch_size"],
                        mode=mode or config["eval"]["mode"], window=d["crop_size"], overlap=config["eval"]["slide_overlap"],
-                       on_batch=saver)
+                       on_batch=saver, ms=ms_options(config))
     else:
         source = _source(data, num_classes, ignore_index, class_names)
         split = split or source.splits[1]
         cm = score_predictions(Path(predictions), source, split)
     result = cm.compute()
     click_echo(per_class_table(result, source.class_names).rstrip())
-    out = {"split": split, "dataset": str(source.root), "miou": result["miou"], "pixel_acc": result["pixel_acc"],
+    out = {"split": split, "dataset": str(source.root), "miou": result["miou"], "miou_all": result["miou_all"],
+           "mode": mode or (config["eval"]["mode"] if run is not None else "predictions"), "pixel_acc": result["pixel_acc"],
            "mean_class_acc": result["mean_class_acc"],
            "per_class_iou": {n: (None if math.isnan(v) else v) for n, v in zip(source.class_names, result["iou"])}}
     if json_out:

@@ -2,9 +2,12 @@
 
 Definitions (PAPER.md section 6, GluonCV's pixAcc / mIoU):
 - pixel accuracy: correct pixels / labelled pixels (ignore-index pixels count nowhere);
-- IoU_c = TP_c / (TP_c + FP_c + FN_c); mIoU = mean of IoU_c over the classes *present*, i.e. with a non-empty
-  union (in the ground truth or in the predictions). An absent class is excluded, never counted as 1.0; a class
-  predicted but absent from the ground truth has IoU 0 and is counted.
+- IoU_c = TP_c / (TP_c + FP_c + FN_c); mIoU (`miou`) = mean of IoU_c over the classes *present*, i.e. with a
+  non-empty union (in the ground truth or in the predictions). An absent class is excluded, never counted as 1.0; a
+  class predicted but absent from the ground truth has IoU 0 and is counted.
+- `miou_all`: the official ADE20K mean, over *all* K classes, an absent class counting 0 (GluonCV's
+  gluoncv/utils/metrics/segmentation.py: IoU = inter / (eps + union), mIoU = IoU.mean()). On a full validation set
+  where every class occurs the two are equal; on a small or synthetic one `miou_all` is lower.
 - class accuracy_c = TP_c / GT_c; mean class accuracy over the classes present in the ground truth.
 """
 from __future__ import annotations
@@ -60,6 +63,7 @@ class ConfusionMatrix:
         return {
             "pixel_acc": float(tp.sum() / total) if total > 0 else math.nan,
             "miou": sum(present) / len(present) if present else math.nan,
+            "miou_all": sum(present) / self.num_classes,
             "mean_class_acc": sum(in_gt) / len(in_gt) if in_gt else math.nan,
             "iou": iou, "class_acc": acc,
             "gt_pixels": [int(v) for v in gt.tolist()], "pred_pixels": [int(v) for v in predicted.tolist()],
@@ -68,7 +72,7 @@ class ConfusionMatrix:
 
 def headline(result: dict) -> dict:
     """The scalar metrics for summary.json and the log (fractions in [0, 1])."""
-    return {k: result[k] for k in ("miou", "pixel_acc", "mean_class_acc")}
+    return {k: result[k] for k in ("miou", "miou_all", "pixel_acc", "mean_class_acc")}
 
 
 def per_class_table(result: dict, class_names: list[str]) -> str:
@@ -79,6 +83,6 @@ def per_class_table(result: dict, class_names: list[str]) -> str:
         lines.append(f"| {c} | {name} | {fmt(result['iou'][c])} | {fmt(result['class_acc'][c])} | "
                      f"{result['gt_pixels'][c]} | {result['pred_pixels'][c]} |")
     lines.append(f"\nmIoU {100 * result['miou']:.2f} % (over {sum(not math.isnan(v) for v in result['iou'])} classes present "
-                 f"in ground truth or predictions), pixel acc {100 * result['pixel_acc']:.2f} %, "
+                 f"in ground truth or predictions), mIoU over all {len(result['iou'])} classes {100 * result['miou_all']:.2f} %, pixel acc {100 * result['pixel_acc']:.2f} %, "
                  f"mean class acc {100 * result['mean_class_acc']:.2f} %")
     return "\n".join(lines) + "\n"

@@ -1,6 +1,6 @@
 """`bot finetune-seg`: resolve the config, build data and network, train with engine.loop.fit, write the run dir.
 
-Optimiser: SGD (momentum 0.9, wd 1e-4) in two param groups, the backbone's lr scaled by `backbone_lr_mult`;
+Optimiser: SGD (momentum 0.9, wd 1e-4) in two param groups, the heads' lr scaled by `head_lr_mult` (GluonCV: 10);
 schedule: linear warmup then poly decay (power 0.9) over all batches (PAPER.md section 6). Loss: pixel-wise
 cross-entropy over labelled pixels, plus aux_weight x the auxiliary head's.
 """
@@ -24,7 +24,7 @@ from engine.rundir import RunDir, versions
 from engine.schedules import Schedule
 
 from .data import SegDataset, SegSource, list_pairs, parse_data
-from .evaluate import confusion, save_segmenter
+from .evaluate import confusion, ms_options, save_segmenter
 from .metrics import headline, per_class_table
 from .models import build_model, param_groups
 from .transforms import eval_transform, train_transform
@@ -154,7 +154,7 @@ def _finetune(cfg: dict, out: Path, resume: bool, ctx, wall: float, on_step) -> 
                                          collate_fn=lambda b: (torch.stack([x[0] for x in b]), torch.stack([x[1] for x in b])))
     steps_per_epoch = len(sampler) // per_rank
     schedule = Schedule(t["lr"], steps_per_epoch * t["epochs"], int(t["warmup_epochs"] * steps_per_epoch), kind="poly", power=t["power"])
-    optimizer = torch.optim.SGD(param_groups(model, t["weight_decay"], t["backbone_lr_mult"]), lr=t["lr"], momentum=t["momentum"])
+    optimizer = torch.optim.SGD(param_groups(model, t["weight_decay"], t["head_lr_mult"]), lr=t["lr"], momentum=t["momentum"])
     precision = Precision(t["precision"], ctx.device)
     net = model
     if ctx.distributed:
@@ -174,9 +174,12 @@ def _finetune(cfg: dict, out: Path, resume: bool, ctx, wall: float, on_step) -> 
 
     last = {}
 
-    def evaluate() -> dict:
-        cm = confusion(model, val_set, ctx, batch_size=cfg["eval"]["batch_size"], mode=cfg["eval"]["mode"],
-                       window=d["crop_size"], overlap=cfg["eval"]["slide_overlap"], workers=d["workers"])
+    def evaluate(mode: str | None = None) -> dict:
+        # ms-flip costs a dozen forward passes per image: the periodic evaluations score whole images, the final one ms-flip
+        mode = mode or ("whole" if cfg["eval"]["mode"] == "ms-flip" else cfg["eval"]["mode"])
+        cm = confusion(model, val_set, ctx, batch_size=cfg["eval"]["batch_size"], mode=mode,
+                       window=d["crop_size"], overlap=cfg["eval"]["slide_overlap"], workers=d["workers"],
+                       ms=ms_options(cfg))
         last["result"] = cm.compute()
         return headline(last["result"])
 
@@ -184,13 +187,15 @@ def _finetune(cfg: dict, out: Path, resume: bool, ctx, wall: float, on_step) -> 
                  train_step=train_step, evaluate=evaluate, run=run, ctx=ctx, epochs=t["epochs"], batch_size=per_rank,
                  eval_every=t["eval_every"], log_every=t["log_every"], start=start, on_step=on_step,
                  generator=generator)
+    if cfg["eval"]["mode"] == "ms-flip":
+        result["metrics"] = evaluate("ms-flip")
     table = per_class_table(last["result"], source.class_names)
     summary = {
         "task": "segment", "metrics": result["metrics"], "backbone": info.summary(),
         "dataset": {"name": source.name, "path": str(source.root), "num_classes": source.num_classes,
                     "ignore_index": source.ignore_index,
                     "splits": {source.splits[0]: len(train_set), source.splits[1]: len(val_set)}},
-        "head": m["head"], "epochs": t["epochs"], "wall_seconds": time.perf_counter() - wall,
+        "head": m["head"], "eval_mode": cfg["eval"]["mode"], "epochs": t["epochs"], "wall_seconds": time.perf_counter() - wall,
         "images_per_second": result["images_per_second"], "versions": versions(),
         "per_class_iou": {n: (None if math.isnan(v) else v) for n, v in zip(source.class_names, last["result"]["iou"])},
     }
