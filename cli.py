@@ -104,7 +104,7 @@ def compare(paths, **options):
 
 # ---- demo -----------------------------------------------------------------------------------------------------
 @main.command()
-@click.option("--recipes", default="baseline,resnet50d", show_default=True,
+@click.option("--recipes", default="resnet50b-standard,resnet50d", show_default=True,
               help="Comma-separated pretrain recipes; `+x` extends the last plain one (resnet50d,+cosine,+label-smoothing).")
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(), help="Where every run and the comparison go.")
 @click.option("--depth", type=click.Choice(["18", "26", "34", "50"]), default="18", show_default=True,

@@ -25,7 +25,7 @@ from engine.schedules import Schedule, scaled_lr
 from .backbones import create_backbone, parse_arch
 from .data import build_datasets, build_loaders
 from .optim import build_optimizer
-from .recipes import apply_synthetic_scale, load_recipe
+from .recipes import apply_synthetic_scale, load_recipe, milestone_steps
 from .tricks import distillation_loss, mixup, smooth_targets, soft_cross_entropy
 from .weights import WEIGHTS_NAME, load_backbone, save_classifier
 
@@ -48,6 +48,9 @@ def resolve_config(recipe: str | None, sets=(), **options) -> dict:
         raise BotError(f"recipe {cfg['recipe']!r} distils from a teacher: give --teacher RUN_DIR|FILE.safetensors")
     if cfg["train"]["smoothing_form"] not in ("paper", "uniform"):
         raise BotError(f"train.smoothing_form {cfg['train']['smoothing_form']!r}: use paper or uniform")
+    h = cfg["train"]["distill_hard_weight"]
+    if h is not None and not (isinstance(h, (int, float)) and 0 <= h <= 1):
+        raise BotError(f"train.distill_hard_weight {h!r}: null (the paper's unweighted sum) or a weight in [0, 1]")
     if cfg["schedule"]["kind"] not in ("step", "cosine"):
         raise BotError(f"schedule.kind {cfg['schedule']['kind']!r}: use step or cosine")
     return cfg
@@ -131,7 +134,7 @@ def _train(cfg: dict, out: Path, resume: bool, ctx: dist.DistContext) -> Path:
     precision = Precision(t["precision"], ctx.device)
     steps_per_epoch = len(train_loader)
     schedule = Schedule(lr=lr, total_steps=s["epochs"] * steps_per_epoch, warmup_steps=int(s["warmup_epochs"] * steps_per_epoch),
-                        kind=s["kind"], milestones=[int(m * steps_per_epoch) for m in s["milestones"]], gamma=s["gamma"])
+                        kind=s["kind"], milestones=milestone_steps(s["milestones"], s["epochs"], steps_per_epoch), gamma=s["gamma"])
     generator = torch.Generator().manual_seed(seed * 7919 + ctx.rank)
     run = RunDir(out, enabled=ctx.is_main)
     elapsed_before = 0.0
@@ -157,7 +160,7 @@ def _train(cfg: dict, out: Path, resume: bool, ctx: dist.DistContext) -> Path:
         if teacher is not None:
             with torch.no_grad():
                 teacher_logits = teacher(images)
-            loss = distillation_loss(logits, teacher_logits, target, t["distill_temperature"])
+            loss = distillation_loss(logits, teacher_logits, target, t["distill_temperature"], t["distill_hard_weight"])
         else:
             loss = soft_cross_entropy(logits, target)
         return loss, images.shape[0], {}
