@@ -96,6 +96,8 @@ def recipes():
 @click.option("--json", "json_file", type=click.Path(), help="Also write it as JSON here.")
 @click.option("--markdown", "markdown_file", type=click.Path(), help="Also write it as a Markdown table here.")
 @click.option("--plot", "plot_file", type=click.Path(), help="Write the plots here (.png, .svg or .pdf).")
+@click.option("--paper", is_flag=True, help="Set the paper's published top-1 / VOC mAP / pixAcc / mIoU (Tables 6, 8, 9) "
+              "beside each ladder row, deltas against B-standard (resnet50b-standard, the default baseline then).")
 def compare(paths, **options):
     """Compare backbones: join pretrain runs under PATHS (default: runs/) with their fine-tune runs by weights sha256."""
     from compare.command import run_compare
