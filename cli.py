@@ -122,6 +122,25 @@ def demo(depth, **options):
     run_demo(depth=int(depth), **options)
 
 
+@main.command()
+@click.option("--imagenet", type=click.Path(), help="ImageFolder root (train/, val/) for every pretrain (default: demo scale, synthetic).")
+@click.option("--voc", type=click.Path(), help="VOCdevkit for detection (C4, the paper's; default: synthetic).")
+@click.option("--ade20k", type=click.Path(), help="ADEChallengeData2016 for segmentation (default: synthetic).")
+@click.option("--nproc", type=int, default=1, show_default=True, help="Processes per run (torchrun), e.g. one per GPU.")
+@click.option("--recipes", help="Ladder rows to run, comma-separated recipes or labels (default: all; the teacher joins distillation rows).")
+@click.option("--teacher", type=click.Path(), help="An existing teacher pretrain run to distil from (default: trained here first).")
+@click.option("--out", default="runs/paper", show_default=True, type=click.Path(), help="Where every run and the comparison go.")
+@click.option("--pretrain-args", default="", help="Extra `bot pretrain` options, quoted.")
+@click.option("--detect-args", default="", help="Extra `bot finetune-detect` options, quoted.")
+@click.option("--segment-args", default="", help="Extra `bot finetune-seg` options, quoted.")
+@click.option("--plan-only", is_flag=True, help="Print the plan (runs, order, what exists) and stop.")
+def reproduce(**options):
+    """The paper's Tables 6, 8 and 9: pretrain each ladder row, fine-tune it for detection and segmentation, compare
+    with the published numbers. Re-running skips finished runs and resumes interrupted ones."""
+    from compare.reproduce import run_reproduce
+    run_reproduce(**options)
+
+
 # ---- segmentation ---------------------------------------------------------------------------------------------
 @main.command("finetune-seg")
 @click.option("--backbone", help="Pretrain run dir, .safetensors file, or an arch name (random init); required unless --resume.")
