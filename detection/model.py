@@ -96,7 +96,7 @@ def resolve_detector(cfg: dict, data_kind: str) -> dict:
     if d.get("train_difficult", "auto") == "auto":
         d["train_difficult"] = c4 and data_kind != "coco"  # COCO's ignored objects are crowds: never trained on
     if t.get("clip_grad", "auto") == "auto":
-        t["clip_grad"] = float(m["c4"]["clip_grad"]) if c4 else 0.0
+        t["clip_grad"] = float(c4_config(m)["clip_grad"]) if c4 else 0.0
     return cfg
 
 
