@@ -68,7 +68,7 @@ def test_plan_with_data_paths_and_nproc(tmp_path):
     pre, det, seg = steps
     assert pre.args == ["--recipe", "resnet50d-distill", "--data", "/d/imagenet", "--teacher", "/runs/t", "--nproc", "8"]
     assert det.args[2:] == ["--data", "voc:/d/VOCdevkit", "--nproc", "8"]
-    assert seg.args[2:] == ["--data", "ade20k:/d/ADE", "--nproc", "8", "--epochs", "2"]
+    assert seg.args[2:] == ["--data", "ade20k:/d/ADE", "--set", "eval.mode=ms-flip", "--nproc", "8", "--epochs", "2"]
 
 
 def test_runs_compares_with_the_paper_and_skips_what_is_finished(tmp_path):
