@@ -78,7 +78,8 @@ def resolve_auto(cfg: dict, random_init: bool) -> dict:
 
 
 DETECTORS = ("c4", "fpn")
-# measured on the synthetic default (README, "C4 or FPN"): the detector the demo and `bot reproduce` use there
+# The synthetic default's detector (the demo's and `bot reproduce`'s without --voc). Not yet measured against c4 there
+# (README, Known limits): fpn keeps the demo's measured numbers and costs less per RoI on a CPU.
 SYNTHETIC_DETECTOR = "fpn"
 
 
