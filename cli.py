@@ -113,6 +113,8 @@ def inspect(source, arch, as_json):
 @click.option("--json", "json_file", type=click.Path(), help="Also write it as JSON here.")
 @click.option("--markdown", "markdown_file", type=click.Path(), help="Also write it as a Markdown table here.")
 @click.option("--plot", "plot_file", type=click.Path(), help="Write the plots here (.png, .svg or .pdf).")
+@click.option("--paper", is_flag=True, help="Set the paper's published top-1 / VOC mAP / pixAcc / mIoU (Tables 6, 8, 9) "
+              "beside each ladder row, deltas against B-standard (resnet50b-standard, the default baseline then).")
 def compare(paths, **options):
     """Compare backbones: join pretrain runs under PATHS (default: runs/) with their fine-tune runs by weights sha256."""
     from compare.command import run_compare
@@ -121,7 +123,7 @@ def compare(paths, **options):
 
 # ---- demo -----------------------------------------------------------------------------------------------------
 @main.command()
-@click.option("--recipes", default="baseline,resnet50d", show_default=True,
+@click.option("--recipes", default="resnet50b-standard,resnet50d", show_default=True,
               help="Comma-separated pretrain recipes; `+x` extends the last plain one (resnet50d,+cosine,+label-smoothing); "
                    "a checkpoint (timm:NAME, a .safetensors/.pth file, a run dir) is a row fine-tuned as it is.")
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(), help="Where every run and the comparison go.")
@@ -139,6 +141,25 @@ def demo(depth, **options):
     run_demo(depth=int(depth), **options)
 
 
+@main.command()
+@click.option("--imagenet", type=click.Path(), help="ImageFolder root (train/, val/) for every pretrain (default: demo scale, synthetic).")
+@click.option("--voc", type=click.Path(), help="VOCdevkit for detection (C4, the paper's; default: synthetic).")
+@click.option("--ade20k", type=click.Path(), help="ADEChallengeData2016 for segmentation (default: synthetic).")
+@click.option("--nproc", type=int, default=1, show_default=True, help="Processes per run (torchrun), e.g. one per GPU.")
+@click.option("--recipes", help="Ladder rows to run, comma-separated recipes or labels (default: all; the teacher joins distillation rows).")
+@click.option("--teacher", type=click.Path(), help="An existing teacher pretrain run to distil from (default: trained here first).")
+@click.option("--out", default="runs/paper", show_default=True, type=click.Path(), help="Where every run and the comparison go.")
+@click.option("--pretrain-args", default="", help="Extra `bot pretrain` options, quoted.")
+@click.option("--detect-args", default="", help="Extra `bot finetune-detect` options, quoted.")
+@click.option("--segment-args", default="", help="Extra `bot finetune-seg` options, quoted.")
+@click.option("--plan-only", is_flag=True, help="Print the plan (runs, order, what exists) and stop.")
+def reproduce(**options):
+    """The paper's Tables 6, 8 and 9: pretrain each ladder row, fine-tune it for detection and segmentation, compare
+    with the published numbers. Re-running skips finished runs and resumes interrupted ones."""
+    from compare.reproduce import run_reproduce
+    run_reproduce(**options)
+
+
 # ---- segmentation ---------------------------------------------------------------------------------------------
 @main.command("finetune-seg")
 @click.option("--backbone", help="Pretrain run dir, any ResNet weights file (.safetensors/.pth/...), timm:NAME, or an arch name (random init); required unless --resume.")
@@ -150,7 +171,7 @@ def demo(depth, **options):
 @click.option("--class-names", type=click.Path(), help="File with one class name per line.")
 @click.option("--epochs", type=int)
 @click.option("--batch-size", type=int, help="Global batch size (split over processes).")
-@click.option("--lr", type=float, help="Peak learning rate of the heads (the backbone's is x train.backbone_lr_mult).")
+@click.option("--lr", type=float, help="Peak learning rate of the backbone (the heads' is x train.head_lr_mult, 10).")
 @click.option("--base-size", type=int, help="Shorter side before random scaling 0.5-2.0.")
 @click.option("--crop-size", type=int, help="Training crop (and sliding-window) size.")
 @click.option("--image-size", type=int, help="Sets --base-size and --crop-size together.")
@@ -175,7 +196,8 @@ def finetune_seg(nproc, image_size, **options):
 @click.option("--num-classes", type=int)
 @click.option("--ignore-index", type=int)
 @click.option("--class-names", type=click.Path())
-@click.option("--mode", type=click.Choice(["whole", "slide"]), help="Full image or sliding crop-size windows.")
+@click.option("--mode", type=click.Choice(["whole", "slide", "ms-flip"]),
+              help="Full image, sliding crop-size windows, or GluonCV's multi-scale (0.5-1.75) + flip test (eval.ms_*).")
 @click.option("--batch-size", type=int)
 @click.option("--device")
 @click.option("--save-predictions", type=click.Path(), help="Write the run's predicted masks here as PNGs.")
@@ -193,6 +215,8 @@ def evaluate_seg(**options):
 @click.option("--data", help="voc:PATH (VOCdevkit), coco:PATH, or synthetic[:voc|:coco] (default: synthetic VOC layout).")
 @click.option("--train-sets", help="VOC: YEAR-SPLIT list, e.g. 2007-trainval,2012-trainval; COCO: a split, e.g. train2017.")
 @click.option("--val-set", help="VOC: e.g. 2007-test; COCO: e.g. val2017.")
+@click.option("--detector", type=click.Choice(["c4", "fpn"]),
+              help="c4: GluonCV's C4 Faster R-CNN, the paper's (default for voc:); fpn: torchvision's FPN (coco:, synthetic).")
 @click.option("--epochs", type=int)
 @click.option("--batch-size", type=int, help="Global batch size (split over processes).")
 @click.option("--lr", type=float, help="Learning rate (default: base_lr scaled to the batch size).")
@@ -202,7 +226,7 @@ def evaluate_seg(**options):
 @click.option("--out", type=click.Path(), help="Run directory (default: runs/detect-<backbone>).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other key of detection/defaults.yaml; repeatable.")
 def finetune_detect(nproc, **options):
-    """Fine-tune Faster R-CNN (FPN) on a backbone checkpoint; VOC07/VOC/COCO box AP."""
+    """Fine-tune Faster R-CNN (C4 or FPN) on a backbone checkpoint; VOC07/VOC/COCO box AP."""
     run_training_stage(nproc, "detection.train:run_from_cli", **options)
 
 

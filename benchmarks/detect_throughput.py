@@ -18,17 +18,18 @@ from detection.train import HERE
 from engine.config import load_yaml
 
 
-def model_config(profile: str) -> dict:
+def model_config(profile: str, detector: str = "fpn") -> dict:
     cfg = load_yaml(HERE / "defaults.yaml")["model"]
     if profile == "synthetic":
         cfg.update(load_yaml(HERE / "synthetic.yaml")["model"])
+    cfg["detector"] = detector
     return cfg
 
 
-def throughput(arch: str, size: int, batch: int, steps: int, profile: str) -> tuple[float, float]:
+def throughput(arch: str, size: int, batch: int, steps: int, profile: str, detector: str = "fpn") -> tuple[float, float]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model, _ = build_detector(arch, 20, model_config(profile), size, round(size * 5 / 3))
+        model, _ = build_detector(arch, 20, model_config(profile, detector), size, round(size * 5 / 3))
     g = torch.Generator().manual_seed(0)
     images = [torch.rand(3, size, round(size * 4 / 3), generator=g) for _ in range(batch)]
     targets = [{"boxes": torch.tensor([[10., 10., size / 2, size / 2], [size / 3, size / 4, size - 5, size - 5]]),
@@ -98,14 +99,15 @@ def main():
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--profile", choices=["paper", "synthetic"], default="paper",
                     help="model head: defaults.yaml (paper) or the small synthetic.yaml one")
+    ap.add_argument("--detector", choices=["fpn", "c4"], default="fpn", help="FPN or GluonCV's C4 Faster R-CNN")
     ap.add_argument("--detections", type=int, default=10_000)
     ap.add_argument("--skip-models", action="store_true")
     a = ap.parse_args()
     print(f"torch threads {torch.get_num_threads()}, device cpu, image {a.image_size}x{round(a.image_size * 4 / 3)}, "
-          f"batch {a.batch_size}, head {a.profile}")
+          f"batch {a.batch_size}, head {a.profile}, detector {a.detector}")
     if not a.skip_models:
         for arch in a.archs.split(","):
-            tr, ev = throughput(arch, a.image_size, a.batch_size, a.steps, a.profile)
+            tr, ev = throughput(arch, a.image_size, a.batch_size, a.steps, a.profile, a.detector)
             print(f"{arch:10s} train {tr:7.2f} img/s   eval {ev:7.2f} img/s")
     voc_s, coco_s, voc, coco = metric_timing(a.detections, n_images=a.detections // 5)
     print(f"metrics on {a.detections} detections / {a.detections // 5} images: VOC07+area AP (ours) {voc_s:.2f} s, "

@@ -16,7 +16,7 @@ from .render import print_terminal, to_csv, to_json, to_markdown, unfinished_lin
 FORMATS = ("table", "markdown", "csv", "json")
 
 
-def build(paths, baseline: str | None = None) -> tuple[Comparison, Discovery]:
+def build(paths, baseline: str | None = None, paper: bool = False) -> tuple[Comparison, Discovery]:
     found = discover(paths)
     warn = Console(stderr=True, highlight=False)
     for w in found.warnings:
@@ -28,16 +28,20 @@ def build(paths, baseline: str | None = None) -> tuple[Comparison, Discovery]:
             for line in unfinished_lines(found):
                 warn.print(line, soft_wrap=True)
         raise BotError(f"{where}: no finished run directories (summary.json) found{detail}")
-    return join(found.runs, baseline), found
+    comp = join(found.runs, baseline)
+    if paper:
+        from .paper import attach_paper
+        attach_paper(comp, rebase=baseline is None)  # measured deltas against B-standard, as the paper's
+    return comp, found
 
 
 def run_compare(paths, *, baseline=None, fmt="table", csv_file=None, json_file=None, markdown_file=None,
-                plot_file=None, out=None) -> Comparison:
+                plot_file=None, out=None, paper: bool = False) -> Comparison:
     if fmt not in FORMATS:
         raise BotError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
     for flag, path in (("--csv", csv_file), ("--json", json_file), ("--markdown", markdown_file), ("--plot", plot_file)):
         check_output_file(path, flag)
-    comp, found = build(paths or ["runs"], baseline)
+    comp, found = build(paths or ["runs"], baseline, paper)
     out = out or sys.stdout
     if fmt == "table":
         print_terminal(comp, found, Console(file=out) if out is not sys.stdout else None)

@@ -66,6 +66,9 @@ class Row:
     segment: list[Run] = field(default_factory=list)
     stats: dict[str, Stat] = field(default_factory=dict)
     deltas: dict[str, float | None] = field(default_factory=dict)
+    paper: dict[str, float] = field(default_factory=dict)         # --paper: the published values (%), if a ladder row
+    paper_deltas: dict[str, float] = field(default_factory=dict)  # --paper: the published value minus B-standard's
+    paper_label: str = ""                                         # --paper: the row's name in the paper's tables
 
     def runs(self, task: str) -> list[Run]:
         return {"pretrain": self.pretrain, "detect": self.detect, "segment": self.segment}[task]
@@ -77,8 +80,13 @@ class Comparison:
     baseline: Row
 
     def metrics(self, shown_only: bool = False) -> list[Metric]:
-        """The metrics at least one row has, in METRICS order."""
-        return [m for m in METRICS if (m.shown or not shown_only) and any(m.key in r.stats for r in self.rows)]
+        """The metrics at least one row has (measured, or published with --paper), in METRICS order."""
+        return [m for m in METRICS if (m.shown or not shown_only)
+                and any(m.key in r.stats or m.key in r.paper for r in self.rows)]
+
+    @property
+    def has_paper(self) -> bool:
+        return any(r.paper for r in self.rows)
 
 
 def backbone_key(run: Run) -> str:
@@ -156,9 +164,14 @@ def join(runs: list[Run], baseline: str | None = None) -> Comparison:
             row.name, i = f"{base}#{i}", i + 1
         taken.add(row.name)
         collect_stats(row)
-    base = pick_baseline(ordered, baseline)
-    for row in ordered:
+    return set_baseline(Comparison(ordered, ordered[0]), pick_baseline(ordered, baseline))
+
+
+def set_baseline(comp: Comparison, base: Row) -> Comparison:
+    """Make `base` the baseline row and every row's deltas mean minus its mean."""
+    comp.baseline = base
+    for row in comp.rows:
         for m in METRICS:
             a, b = row.stats.get(m.key), base.stats.get(m.key)
             row.deltas[m.key] = None if a is None or b is None else a.mean - b.mean
-    return Comparison(ordered, base)
+    return comp

@@ -1,5 +1,6 @@
 """The comparison as one PNG: top-1 against each transfer metric (one labelled point per backbone, the baseline
-marked, min-max whiskers for repeated runs), and a bar chart of every row's difference against the baseline.
+marked, min-max whiskers for repeated runs; with --paper the published numbers as hollow points), and a bar chart
+of every row's difference against the baseline.
 
 Headless: matplotlib's Agg backend, selected before pyplot is imported.
 """
@@ -36,14 +37,21 @@ def scatter(ax, comp: Comparison, metric) -> None:
                     ecolor="0.6", capsize=3, zorder=4 if is_base else 3)
         spot = (round(x.mean, 2), round(y.mean, 2))
         labels.setdefault(spot, []).append(row_label(comp, row) + (f" n={y.n}" if y.n > 1 else ""))
+    # --paper: the published numbers of ladder rows, hollow, so that they never pass for measured ones
+    published = [(r, r.paper["top1"], r.paper[metric.key]) for r in comp.rows if "top1" in r.paper and metric.key in r.paper]
+    for row, x, y in published:
+        ax.scatter([x], [y], s=60, marker="o", facecolors="none", edgecolors="tab:gray", linewidths=1.2, zorder=2)
+        labels.setdefault((round(x, 2), round(y, 2)), []).append(f"{row.paper_label or row.name} (paper)")
     for (x, y), names in labels.items():
         ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
-    if not points:
+    if not points and not published:
         ax.text(0.5, 0.5, "no backbone has both\ntop-1 and this metric", ha="center", va="center",
                 transform=ax.transAxes, color="0.4")
     else:
-        widen(ax.set_xlim, [p[1].min for p in points] + [p[1].max for p in points], right=0.6)  # labels go right
-        widen(ax.set_ylim, [p[2].min for p in points] + [p[2].max for p in points])
+        xs = [v for p in points for v in (p[1].min, p[1].max)] + [p[1] for p in published]
+        ys = [v for p in points for v in (p[2].min, p[2].max)] + [p[2] for p in published]
+        widen(ax.set_xlim, xs, right=0.6)  # labels go right
+        widen(ax.set_ylim, ys)
     if "top1" in base.stats and metric.key in base.stats:
         ax.axvline(base.stats["top1"].mean, color="tab:red", lw=0.8, ls=":")
         ax.axhline(base.stats[metric.key].mean, color="tab:red", lw=0.8, ls=":")

@@ -15,10 +15,33 @@ from rich.table import Table
 from rich.text import Text
 
 from .discover import Discovery
-from .join import Comparison, Row, Stat
+from .join import Comparison, Metric, Row, Stat
 
 LEGEND = ("metrics in %; (±x) = difference vs the baseline row in percentage points; "
           "[min–max, n] = spread over n repeated runs; blank = no finished run of that stage")
+PAPER_LEGEND = ("; \"paper\" columns: the published value (He et al. 2019, Tables 6, 8, 9) and (±x) its difference "
+                "vs the paper's B-standard row")
+
+
+def legend(comp: Comparison) -> str:
+    return LEGEND + (PAPER_LEGEND if comp.has_paper else "")
+
+
+def columns(comp: Comparison) -> list[tuple[Metric, bool]]:
+    """(metric, is_paper) per shown column: each measured metric, then its published value under --paper."""
+    out = []
+    for m in comp.metrics(shown_only=True):
+        out.append((m, False))
+        if any(m.key in r.paper for r in comp.rows):
+            out.append((m, True))
+    return out
+
+
+def paper_text(row: Row, key: str) -> str:
+    if key not in row.paper:
+        return ""
+    d = row.paper_deltas.get(key)
+    return fmt(row.paper[key]) + (f" ({d:+.2f})" if d else "")
 
 
 def fmt(v: float) -> str:
@@ -49,14 +72,14 @@ def row_label(comp: Comparison, row: Row) -> str:
 
 
 def to_markdown(comp: Comparison) -> str:
-    metrics = comp.metrics(shown_only=True)
-    head = ["backbone", "recipe", "arch"] + [m.label for m in metrics]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * len(metrics)]
+    cols = columns(comp)
+    head = ["backbone", "recipe", "arch"] + [f"{m.label} paper" if p else m.label for m, p in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * len(cols)]
     for row in comp.rows:
         cells = [row_label(comp, row), row.recipe, row.arch]
-        cells += [cell_text(row, m.key, row is comp.baseline) for m in metrics]
+        cells += [paper_text(row, m.key) if p else cell_text(row, m.key, row is comp.baseline) for m, p in cols]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines) + f"\n\n{LEGEND}\n"
+    return "\n".join(lines) + f"\n\n{legend(comp)}\n"
 
 
 def _num(v: float | None) -> str:
@@ -71,6 +94,9 @@ def to_csv(comp: Comparison) -> str:
     head = ["name", "baseline", "recipe", "arch", "sha256", "pretrain_runs", "detect_runs", "segment_runs"]
     for m in metrics:
         head += [m.key, f"{m.key}_delta", f"{m.key}_min", f"{m.key}_max", f"{m.key}_std", f"{m.key}_n"]
+    paper = [m for m in metrics if any(m.key in r.paper for r in comp.rows)]
+    for m in paper:
+        head += [f"{m.key}_paper", f"{m.key}_paper_delta"]
     w.writerow(head)
     for row in comp.rows:
         line = [row.name, int(row is comp.baseline), row.recipe, row.arch, row.sha256]
@@ -81,6 +107,8 @@ def to_csv(comp: Comparison) -> str:
                 line += [""] * 6
             else:
                 line += [_num(s.mean), _num(row.deltas.get(m.key)), _num(s.min), _num(s.max), _num(s.std), s.n]
+        for m in paper:
+            line += [_num(row.paper.get(m.key)), _num(row.paper_deltas.get(m.key))]
         w.writerow(line)
     return out.getvalue()
 
@@ -96,10 +124,17 @@ def to_dict(comp: Comparison, found: Discovery | None = None) -> dict:
         rows.append({"name": row.name, "baseline": row is comp.baseline, "recipe": row.recipe, "arch": row.arch,
                      "sha256": row.sha256, "metrics": stats,
                      "runs": {t: [str(r.path) for r in row.runs(t)] for t in ("pretrain", "detect", "segment")}})
+        if comp.has_paper:
+            rows[-1]["paper"] = {"label": row.paper_label or None, "metrics": {
+                k: {"value": v, "delta": row.paper_deltas.get(k)} for k, v in row.paper.items()}}
     out = {"units": "percent; delta = mean minus the baseline's mean, in percentage points",
            "baseline": comp.baseline.name,
            "metrics": [{"key": m.key, "label": m.label, "task": m.task} for m in comp.metrics()],
            "rows": rows}
+    if comp.has_paper:
+        from .paper import paper_table
+        out["paper"] = {"source": "He et al. 2019, Tables 6, 8, 9 (compare/paper.yaml)",
+                        "delta_against": paper_table()["reference"]}
     if found is not None:
         out["unfinished"] = [{"path": str(u.path), "last_epoch": u.last_epoch, "has_checkpoint": u.has_checkpoint}
                              for u in found.unfinished]
@@ -112,17 +147,20 @@ def to_json(comp: Comparison, found: Discovery | None = None) -> str:
 
 
 def rich_table(comp: Comparison) -> Table:
-    metrics = comp.metrics(shown_only=True)
-    table = Table(title="Backbones compared (joined by the sha256 of their weights)", caption=Text(LEGEND),
+    cols = columns(comp)
+    table = Table(title="Backbones compared (joined by the sha256 of their weights)", caption=Text(legend(comp)),
                   show_lines=True)
     table.add_column("backbone", style="bold", no_wrap=True)
     table.add_column("recipe", overflow="fold")
     table.add_column("arch", no_wrap=True)
-    for m in metrics:
-        table.add_column(m.label, justify="right")
+    for m, p in cols:
+        table.add_column(f"{m.label}\npaper" if p else m.label, justify="right", style="italic" if p else None)
     for row in comp.rows:
         cells = [Text(row_label(comp, row)), Text(row.recipe), Text(row.arch)]
-        for m in metrics:
+        for m, p in cols:
+            if p:
+                cells.append(Text(paper_text(row, m.key).replace(" (", "\n(")))
+                continue
             s = row.stats.get(m.key)
             cell = Text()
             if s is not None:

@@ -69,10 +69,12 @@ def load_split(kind: str, root: str | Path, split: str, classes: list[str] | Non
 
 class DetectionDataset(torch.utils.data.Dataset):
     """Items: (image float CxHxW in [0, 1] at the training size, target dict). Training keys are (epoch, index)
-    pairs from EpochSampler; the flip of a sample is seeded from (seed, epoch, index), so resume is exact."""
+    pairs from EpochSampler; the flip of a sample is seeded from (seed, epoch, index), so resume is exact. Training
+    skips ignored objects (VOC difficult, COCO crowd) unless `train_ignored` (GluonCV's C4 recipe trains on VOC's)."""
 
-    def __init__(self, split: Split, train: bool, min_size: int, max_size: int, flip_p: float = 0.5, seed: int = 0):
-        self.split, self.train, self.seed = split, train, seed
+    def __init__(self, split: Split, train: bool, min_size: int, max_size: int, flip_p: float = 0.5, seed: int = 0,
+                 train_ignored: bool = False):
+        self.split, self.train, self.seed, self.train_ignored = split, train, seed, train_ignored
         self.transform = T.build_transform(train, min_size, max_size, flip_p)
 
     def __len__(self) -> int:
@@ -86,7 +88,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         image = read_rgb(r.path)  # stored pixel grid, no EXIF rotation: the boxes were drawn on it
         if (image.width, image.height) != (r.width, r.height):
             raise BotError(f"{r.path}: image is {image.width}x{image.height} but its annotation says {r.width}x{r.height}")
-        keep = ~r.ignore if self.train else np.ones(len(r.labels), bool)
+        keep = ~r.ignore if self.train and not self.train_ignored else np.ones(len(r.labels), bool)
         boxes = torch.as_tensor(r.boxes[keep], dtype=torch.float32)
         with seeded_sample(self.seed, epoch, index):
             tensor, boxes = T.apply(self.transform, image, boxes)

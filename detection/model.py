@@ -1,4 +1,7 @@
-"""Faster R-CNN (torchvision) with an FPN on a timm ResNet feature extractor loaded from a backbone checkpoint.
+"""Faster R-CNN (torchvision) on a backbone checkpoint: `build_detector` makes the FPN detector here or GluonCV's C4
+detector (detection/c4.py, the paper's), as `model.detector` says.
+
+FPN: an FPN on a timm ResNet feature extractor loaded from the checkpoint.
 
 The backbone's BatchNorms are frozen by default (timm's FrozenBatchNorm2d, after the weights are loaded: timm
 cannot build with torchvision's frozen BN as norm_layer), or kept as BN, or made SyncBN for multi-GPU runs.
@@ -22,7 +25,8 @@ from engine.errors import BotError
 from engine.weights_file import load_tensors, read_metadata, write_weights
 from pretrain.weights import BackboneInfo, is_arch_name, load_backbone
 
-STAGES = ("layer4", "layer3", "layer2", "layer1", "stem")  # trainable_stages=k unfreezes the first k of these
+from .stages import STAGES, set_trainable  # noqa: F401  (re-exported: tests and the C4 builder use them)
+
 NORMS = ("frozen", "bn", "syncbn")
 
 
@@ -50,16 +54,6 @@ def anchor_sizes(cfg_sizes, min_size: int) -> list[int]:
     return sizes
 
 
-def set_trainable(body: nn.Module, stages: int) -> None:
-    if not 0 <= stages <= len(STAGES):
-        raise BotError(f"model.trainable_stages {stages}: use 0..{len(STAGES)}")
-    trainable = set(STAGES[:stages])
-    for name, p in body.named_parameters():
-        top = name.split(".")[0]
-        stage = top if top.startswith("layer") else "stem"
-        p.requires_grad_(stage in trainable)
-
-
 def resolve_auto(cfg: dict, random_init: bool) -> dict:
     """Fill `norm: auto` and `trainable_stages: auto`: frozen BN and 3 trainable stages for a pretrained backbone
     (the reference recipe); BN and every stage trainable for a random-init one, whose BN statistics and early
@@ -72,16 +66,66 @@ def resolve_auto(cfg: dict, random_init: bool) -> dict:
     return cfg
 
 
+DETECTORS = ("c4", "fpn")
+# The synthetic default's detector (the demo's and `bot reproduce`'s without --voc). Not yet measured against c4 there
+# (README, Known limits): fpn keeps the demo's measured numbers and costs less per RoI on a CPU.
+SYNTHETIC_DETECTOR = "fpn"
+
+
+def resolve_detector(cfg: dict, data_kind: str) -> dict:
+    """Fill the detector-dependent `auto` keys of a full finetune-detect config, for data of kind "voc", "coco" or
+    "synthetic": model.detector (c4 for VOC, the paper's; SYNTHETIC_DETECTOR for the synthetic default, fpn for
+    COCO), then data.train_difficult and train.clip_grad from the detector (GluonCV's C4 recipe trains on VOC's
+    difficult objects and clips gradients at 5; the FPN recipe does neither)."""
+    m, d, t = cfg["model"], cfg["data"], cfg["train"]
+    if m.get("detector", "auto") == "auto":
+        m["detector"] = {"voc": "c4", "synthetic": SYNTHETIC_DETECTOR}.get(data_kind, "fpn")
+    if m["detector"] not in DETECTORS:
+        raise BotError(f"model.detector {m['detector']!r}: use one of {', '.join(DETECTORS)} (or auto)")
+    c4 = m["detector"] == "c4"
+    if d.get("train_difficult", "auto") == "auto":
+        d["train_difficult"] = c4 and data_kind != "coco"  # COCO's ignored objects are crowds: never trained on
+    if t.get("clip_grad", "auto") == "auto":
+        t["clip_grad"] = float(c4_config(m)["clip_grad"]) if c4 else 0.0
+    return cfg
+
+
 def build_detector(backbone: str | Path, num_classes: int, cfg: dict, min_size: int, max_size: int,
-                   info_override: BackboneInfo | None = None) -> tuple[FasterRCNN, BackboneInfo]:
+                   info_override: BackboneInfo | None = None, detector: str | None = None) -> tuple[FasterRCNN, BackboneInfo]:
     """Faster R-CNN for `num_classes` object classes (plus background) on the backbone from `backbone`.
 
-    cfg: the `model` block of the config. `info_override` (for rebuilding a finetuned model) supplies the mean/std.
+    cfg: the `model` block of the config. `detector` ("c4" | "fpn", default: cfg's `detector`, else fpn).
+    `info_override` (for rebuilding a finetuned model) supplies the mean/std.
     """
     cfg = resolve_auto(cfg, is_arch_name(str(backbone)))
+    detector = detector or cfg.get("detector", "fpn")
+    if detector not in DETECTORS:
+        raise BotError(f"model.detector {detector!r}: use one of {', '.join(DETECTORS)}")
     norm = cfg["norm"]
     if norm not in NORMS:
         raise BotError(f"model.norm {norm!r}: use one of {', '.join(NORMS)}")
+    if detector == "c4":
+        from .c4 import build_c4
+        return build_c4(backbone, num_classes, c4_config(cfg), min_size, max_size, norm, int(cfg["trainable_stages"]),
+                        info_override, arch=cfg.get("arch"))
+    return build_fpn(backbone, num_classes, cfg, min_size, max_size, info_override)
+
+
+def c4_config(cfg: dict) -> dict:
+    """The `model.c4` block, defaults.yaml's values under whatever the config sets."""
+    from engine.config import load_yaml
+
+    base = load_yaml(Path(__file__).with_name("defaults.yaml"))["model"]["c4"]
+    unknown = set(cfg.get("c4") or {}) - set(base)
+    if unknown:
+        raise BotError(f"model.c4: unknown key(s) {sorted(unknown)} (known: {', '.join(sorted(base))})")
+    return {**base, **(cfg.get("c4") or {})}
+
+
+def build_fpn(backbone: str | Path, num_classes: int, cfg: dict, min_size: int, max_size: int,
+              info_override: BackboneInfo | None = None) -> tuple[FasterRCNN, BackboneInfo]:
+    """torchvision's FPN Faster R-CNN on the checkpoint's stages 1-4. cfg: the resolved `model` block."""
+    norm = cfg["norm"]
     body, info = load_backbone(backbone, arch=cfg.get("arch"), features_only=True, out_indices=(1, 2, 3, 4))
     if info_override is not None:
         info = info_override

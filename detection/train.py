@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from engine.config import load_yaml
+from engine.config import load_yaml, overlay
 from engine.distributed import EpochSampler, broadcast_object
 from engine.errors import BotError
 from engine.precision import Precision
@@ -21,10 +21,10 @@ from pretrain.weights import is_arch_name
 
 from .data import AspectBatchSampler, DetectionDataset, check_val, collate, load_split, parse_spec, resolve_data
 from .evaluate import predict, score, write_detections
-from .model import build_detector, resolve_auto, save_detector
+from .model import build_detector, resolve_auto, resolve_detector, save_detector
 
 HERE = Path(__file__).parent
-OPTION_KEYS = {"backbone": "model.backbone", "arch": "model.arch", "data": "data.spec", "train_sets": "data.train_sets",
+OPTION_KEYS = {"backbone": "model.backbone", "arch": "model.arch", "detector": "model.detector", "data": "data.spec", "train_sets": "data.train_sets",
                "val_set": "data.val_set", "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
                "image_size": "data.min_size", "max_size": "data.max_size", "precision": "train.precision",
                "device": "train.device", "workers": "data.workers", "seed": "train.seed",
@@ -36,9 +36,7 @@ def defaults(options: dict, sets=()) -> dict:
     """defaults.yaml, then synthetic.yaml when no real data is given."""
     cfg = load_yaml(HERE / "defaults.yaml")
     if parse_spec(options.get("data.spec"))[0] == "synthetic":
-        overlay = load_yaml(HERE / "synthetic.yaml")
-        for block, values in overlay.items():
-            cfg[block].update(values)
+        overlay(cfg, load_yaml(HERE / "synthetic.yaml"), HERE / "synthetic.yaml")
     if options.get("data.min_size") is not None and options.get("data.max_size") is None:
         options["data.max_size"] = round(options["data.min_size"] * 1000 / 600)  # the reference 600/1000 ratio
     return cfg
@@ -98,13 +96,15 @@ def train_session(session: Session) -> dict:
     check_val(val_split, train_split, ctx.is_main)
     d["classes"] = train_split.classes  # config.yaml records the classes, also when discovered from the annotations
     # recorded resolved, so that config.yaml says what ran and a rebuild from it makes the same modules
+    resolve_detector(cfg, "synthetic" if parse_spec(d["spec"])[0] == "synthetic" else kind)
     cfg["model"] = m = resolve_auto(m, is_arch_name(str(m["backbone"])))
     model, info = build_detector(m["backbone"], len(train_split.classes), m, d["min_size"], d["max_size"])
     session.place(model)
     net = session.ddp(model)
 
     batch = session.per_rank(t["batch_size"])
-    train_ds = DetectionDataset(train_split, True, d["min_size"], d["max_size"], d["flip_p"], session.seed)
+    train_ds = DetectionDataset(train_split, True, d["min_size"], d["max_size"], d["flip_p"], session.seed,
+                                train_ignored=d["train_difficult"] and kind == "voc")
     sampler = EpochSampler(len(train_ds), ctx, session.seed, shuffle=True, drop_last=True, batch_size=batch)
     aspects = [r.width / r.height for r in train_split.records]
     loader = session.loader(train_ds, batch_sampler=AspectBatchSampler(sampler, aspects, batch), collate_fn=collate,

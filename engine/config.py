@@ -75,6 +75,18 @@ def apply_options(config: dict, options: dict, origins: dict | None = None, flag
     return config
 
 
+def overlay(config: dict, over: dict, source) -> dict:
+    """Lay `over` (a nested mapping, e.g. a stage's synthetic.yaml) onto `config`; a key `config` lacks is an error."""
+    for key, value in over.items():
+        if key not in config:
+            raise BotError(f"{source}: unknown key {key!r} (known: {', '.join(sorted(config))})")
+        if isinstance(value, dict) and isinstance(config[key], dict):
+            overlay(config[key], value, source)
+        else:
+            config[key] = value
+    return config
+
+
 def migrate(config: dict, renamed: dict) -> dict:
     """Move keys of an older config.yaml to their present names, so an old run still resumes."""
     for old, new in renamed.items():

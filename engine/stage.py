@@ -48,6 +48,7 @@ class StageDef:
     default_out: Callable[[dict], Path] = lambda cfg: Path("runs/run")
     cache_dir: Callable[[dict], Path | None] = lambda cfg: None  # where synthetic data will be written, if any
     renamed: dict = field(default_factory=dict)       # old key -> present key
+    upgrade: Callable[[dict], None] = lambda cfg: None  # turn an older config.yaml's values into today's meaning
 
 
 def flag_of(stage: StageDef, key: str) -> str:
@@ -78,6 +79,7 @@ def resumed_config(stage: StageDef, out: Path, options: dict, sets=()) -> dict:
     if not isinstance(cfg, dict):
         raise BotError(f"{run.config_file}: not a bot config (expected a mapping)")
     migrate(cfg, stage.renamed)
+    stage.upgrade(cfg)
     specs = stage.schema()
     unknown = [k for k in flatten(cfg) if k not in specs and not any(s.startswith(k + ".") for s in specs)
                and not any(k.startswith(s + ".") for s in specs)  # inside a free-form value (model.normalize)

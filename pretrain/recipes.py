@@ -80,11 +80,22 @@ def load_recipe(name_or_file: str) -> dict:
     return config
 
 
+REFERENCE_EPOCHS = 120  # the paper's schedule; mixup's 200 is 5/3 of it
+
+
+def scaled_epochs(recipe_epochs: int, epochs_per_reference: float) -> int:
+    """A recipe's epochs at a smaller scale that keeps its ratio to the paper's 120 (mixup: 200/120 of the others)."""
+    return max(1, round(epochs_per_reference * recipe_epochs / REFERENCE_EPOCHS))
+
+
 def apply_synthetic_scale(config: dict) -> dict:
-    """Scale a recipe to the synthetic set (no --data): small images, a few epochs, warmup of at most one epoch."""
+    """Scale a recipe to the synthetic set (no --data): small images, a few epochs (in the recipe's ratio to 120),
+    warmup of at most one epoch."""
     over = migrate(load_yaml(RECIPE_DIR / "_synthetic.yaml"), RENAMED)
     had_warmup = config["schedule"]["warmup_epochs"] > 0
+    recipe_epochs = config["train"]["epochs"]
     _merge(config, over, load_yaml(RECIPE_DIR / "_defaults.yaml"), RECIPE_DIR / "_synthetic.yaml")
+    config["train"]["epochs"] = scaled_epochs(recipe_epochs, over["train"]["epochs"])
     config["schedule"]["warmup_epochs"] = 1 if had_warmup else 0
     return config
 
@@ -98,8 +109,18 @@ def recipe_catalogue(files=()) -> list[dict]:
         cfg = load_recipe(name)
         _, depth, variant = parse_arch(cfg["model"]["arch"])
         rows.append({"name": name, "arch": cfg["model"]["arch"], "variant": variant.upper(), "depth": depth,
-                     "requires": cfg["requires"], "epochs": cfg["train"]["epochs"], "description": cfg["description"]})
+                     "requires": cfg["requires"], "epochs": cfg["train"]["epochs"], "reference_epochs": REFERENCE_EPOCHS,
+                     "description": cfg["description"]})
     return rows
+
+
+def milestone_steps(milestones, epochs: int, steps_per_epoch: int) -> list[int]:
+    """Step-decay milestones, fractions of the schedule, as batch indices; BotError for epoch numbers (> 1)."""
+    bad = [m for m in milestones if not 0 < float(m) <= 1]
+    if bad:
+        raise BotError(f"schedule.milestones {list(milestones)}: give fractions of train.epochs in (0, 1] "
+                       f"(e.g. [0.25, 0.5, 0.75] for 30/60/90 of 120), not {bad[0]}")
+    return [round(float(m) * epochs * steps_per_epoch) for m in milestones]
 
 
 def describe_recipes() -> str:

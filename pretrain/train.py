@@ -23,7 +23,7 @@ from engine.stage import Session, StageDef, launch, run_config
 from .backbones import create_backbone, parse_arch
 from .data import build_datasets, build_loaders, check_val
 from .optim import build_optimizer
-from .recipes import RENAMED, apply_synthetic_scale, load_recipe, schema
+from .recipes import RENAMED, apply_synthetic_scale, load_recipe, milestone_steps, schema
 from .tricks import distillation_loss, mixup, smooth_targets, soft_cross_entropy
 from .weights import WEIGHTS_NAME, load_backbone, save_classifier
 
@@ -55,6 +55,17 @@ def check(cfg: dict) -> None:
         raise BotError(f"recipe {cfg['recipe']!r} distils from a teacher: give --teacher RUN_DIR|FILE.safetensors")
 
 
+def upgrade(cfg: dict) -> None:
+    """Runs written before milestones became fractions held epoch numbers: the same points as fractions."""
+    s, epochs = cfg.get("schedule", {}), cfg.get("train", {}).get("epochs")
+    milestones = s.get("milestones")
+    if isinstance(milestones, list) and milestones and isinstance(epochs, int) and epochs > 0 and \
+            all(isinstance(m, (int, float)) and m > 1 for m in milestones):
+        s["milestones"] = [m / epochs for m in milestones]
+        report(f"note: schedule.milestones {milestones} (epochs, as older runs wrote them) read as {s['milestones']} "
+               f"(fractions of {epochs} epochs)")
+
+
 def cache_dir(cfg: dict):
     if cfg["data"]["path"] is not None:
         return None
@@ -64,7 +75,7 @@ def cache_dir(cfg: dict):
 
 STAGE = StageDef(task="pretrain", command="pretrain", option_keys=OPTION_KEYS, defaults=defaults, schema=schema,
                  check=check, default_out=lambda cfg: Path(f"runs/pretrain-{cfg['recipe']}"), cache_dir=cache_dir,
-                 renamed=RENAMED)
+                 renamed=RENAMED, upgrade=upgrade)
 
 
 def resolve_config(recipe: str | None = None, sets=(), **options) -> dict:
@@ -119,7 +130,7 @@ def train_session(session: Session) -> dict:
     precision = Precision(t["precision"], ctx.device)
     steps_per_epoch = len(train_loader)
     schedule = Schedule(lr=lr, total_steps=t["epochs"] * steps_per_epoch, warmup_steps=int(s["warmup_epochs"] * steps_per_epoch),
-                        kind=s["kind"], milestones=[int(m * steps_per_epoch) for m in s["milestones"]], gamma=s["gamma"])
+                        kind=s["kind"], milestones=milestone_steps(s["milestones"], t["epochs"], steps_per_epoch), gamma=s["gamma"])
     report(f"pretrain {cfg['recipe']}: {cfg['model']['arch']}, {num_classes} classes, {len(data.train)} train / "
            f"{len(data.val)} val images, batch {t['batch_size']}, lr {lr:.4g}, {t['epochs']} epochs, "
            f"{t['precision']}, {ctx.world_size} x {ctx.device}", ctx.is_main)
@@ -133,7 +144,7 @@ def train_session(session: Session) -> dict:
         if teacher is not None:
             with torch.no_grad():
                 teacher_logits = teacher(images)
-            loss = distillation_loss(logits, teacher_logits, target, t["distill_temperature"])
+            loss = distillation_loss(logits, teacher_logits, target, t["distill_temperature"], t["distill_hard_weight"])
         else:
             loss = soft_cross_entropy(logits, target)
         return loss, images.shape[0], {}

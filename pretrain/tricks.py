@@ -48,7 +48,12 @@ def sample_beta(alpha: float, generator: torch.Generator) -> float:
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
-                      temperature: float) -> torch.Tensor:
-    """The paper's loss: CE(p, softmax(z)) + T^2 * CE(softmax(r / T), softmax(z / T))."""
+                      temperature: float, hard_weight: float | None = None) -> torch.Tensor:
+    """hard_weight None, the paper's loss: CE(p, softmax(z)) + T^2 * CE(softmax(r / T), softmax(z / T)); a number h,
+    GluonCV's DistillationSoftmaxCrossEntropyLoss (gluoncv/loss.py): (1 - h) * T^2 * soft + h * hard."""
     teacher_soft = F.softmax(teacher_logits.float() / temperature, dim=1)
-    return soft_cross_entropy(student_logits, target) + temperature ** 2 * soft_cross_entropy(student_logits / temperature, teacher_soft)
+    hard = soft_cross_entropy(student_logits, target)
+    soft = temperature ** 2 * soft_cross_entropy(student_logits / temperature, teacher_soft)
+    if hard_weight is None:
+        return hard + soft
+    return (1 - hard_weight) * soft + hard_weight * hard

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from engine.distributed import DistContext, ShardSampler, setup
@@ -21,41 +20,40 @@ from .data import INDEX_MODES, SegDataset, SegSource, list_masks, list_pairs, re
 from .metrics import ConfusionMatrix, classes_scored, per_class_table
 from .transforms import eval_transform, pad_collate
 
-PAD_MULTIPLE = 32  # every head's input must be divisible by its deepest stride
+from .predict import PAD_MULTIPLE, predict_logits  # noqa: F401  (evaluate-seg's names for them)
+
+
+def ms_options(config: dict) -> dict:
+    """The ms-flip settings of a finetune-seg config (its `eval` block and data.base_size; defaults.yaml's for a
+    config written before these keys existed)."""
+    from .data import default_config
+
+    e = {**default_config()["eval"], **config["eval"]}
+    return {"scales": [float(s) for s in e["ms_scales"]], "flip": bool(e["ms_flip"]),
+            "base_size": int(e["ms_base_size"] or config["data"]["base_size"])}
 
 
 @torch.no_grad()
-def predict_logits(model, images: torch.Tensor, mode: str = "whole", window: int = 512, overlap: float = 1 / 3) -> torch.Tensor:
-    """Logits at the input's size; `slide` averages the logits of overlapping window x window crops."""
-    if mode == "whole":
-        return model(images)["out"]
-    if mode != "slide":
-        raise BotError(f"eval.mode {mode!r}: use whole or slide")
-    b, _, h, w = images.shape
-    step = max(1, int(window * (1 - overlap)))
-    ys = list(range(0, max(h - window, 0) + 1, step))
-    xs = list(range(0, max(w - window, 0) + 1, step))
-    if ys[-1] + window < h:
-        ys.append(h - window)
-    if xs[-1] + window < w:
-        xs.append(w - window)
-    logits, counts = None, torch.zeros(1, 1, h, w, device=images.device)
-    for y in ys:
-        for x in xs:
-            crop = images[:, :, y:y + window, x:x + window]
-            ch, cw = crop.shape[-2:]
-            padded = F.pad(crop, (0, -cw % PAD_MULTIPLE, 0, -ch % PAD_MULTIPLE))
-            out = model(padded)["out"][:, :, :ch, :cw]
-            if logits is None:
-                logits = torch.zeros(b, out.shape[1], h, w, device=images.device, dtype=out.dtype)
-            logits[:, :, y:y + ch, x:x + cw] += out
-            counts[:, :, y:y + ch, x:x + cw] += 1
-    return logits / counts
+def predict_labels(model, images: torch.Tensor, sizes, mode: str, window: int, overlap: float,
+                   ms: dict | None = None) -> torch.Tensor:
+    """Predicted class ids (B, H, W) of a padded batch; ms-flip scores each image at its own size (`sizes`), so
+    that no padding is rescaled with it, and leaves class 0 on the padding (labelled ignore)."""
+    if mode != "ms-flip":
+        return predict_logits(model, images, mode, window, overlap).argmax(1)
+    if not ms:
+        raise BotError("eval.mode ms-flip: needs eval.ms_scales, eval.ms_flip and a base size")
+    from .multiscale import ms_flip_probs
+
+    pred = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.int64, device=images.device)
+    for i, (h, w) in enumerate(sizes):
+        probs = ms_flip_probs(model, images[i:i + 1, :, :h, :w], window=window, overlap=overlap, **ms)
+        pred[i, :h, :w] = probs.argmax(1)[0]
+    return pred
 
 
 @torch.no_grad()
 def confusion(model, dataset: SegDataset, ctx: DistContext, *, batch_size: int, mode: str, window: int,
-              overlap: float, workers: int = 0, on_batch=None) -> ConfusionMatrix:
+              overlap: float, workers: int = 0, on_batch=None, ms: dict | None = None) -> ConfusionMatrix:
     """The confusion matrix of `model` on `dataset`, each image scored once over all ranks, then summed."""
     source = dataset.source
     loader = torch.utils.data.DataLoader(
@@ -65,7 +63,7 @@ def confusion(model, dataset: SegDataset, ctx: DistContext, *, batch_size: int, 
     model.eval()
     cm = ConfusionMatrix(source.num_classes, source.ignore_index)
     for images, masks, sizes, indices in loader:
-        pred = predict_logits(model, images.to(ctx.device), mode, window, overlap).argmax(1).cpu()
+        pred = predict_labels(model, images.to(ctx.device), sizes, mode, window, overlap, ms).cpu()
         cm.update(pred, masks)  # padding is labelled ignore, so it counts nowhere
         if on_batch is not None:
             on_batch(pred, sizes, indices)
@@ -184,14 +182,15 @@ def run_from_cli(*, run=None, predictions=None, data=None, split=None, num_class
                     Image.fromarray(p[:h, :w].numpy().astype(np.uint8), mode="L").save(out_dir / f"{dataset.pairs[i][0].stem}.png")
         cm = confusion(model, dataset, ctx, batch_size=batch_size or config["eval"]["batch_size"],
                        mode=mode or config["eval"]["mode"], window=d["crop_size"], overlap=config["eval"]["slide_overlap"],
-                       on_batch=saver)
+                       on_batch=saver, ms=ms_options(config))
     else:
         source = _source(data, num_classes, ignore_index, class_names)
         split = split or source.splits[1]
         cm = score_predictions(Path(predictions), source, split)
     result = cm.compute()
     click_echo(per_class_table(result, source.class_names).rstrip())
-    out = {"split": split, "dataset": str(source.root), "miou": result["miou"], "pixel_acc": result["pixel_acc"],
+    out = {"split": split, "dataset": str(source.root), "miou": result["miou"], "miou_all": result["miou_all"],
+           "mode": mode or (config["eval"]["mode"] if run is not None else "predictions"), "pixel_acc": result["pixel_acc"],
            "mean_class_acc": result["mean_class_acc"],
            "per_class_iou": {n: (None if math.isnan(v) else v) for n, v in zip(source.class_names, result["iou"])}}
     out.update(classes_scored=classes_scored(result), classes_declared=source.num_classes)

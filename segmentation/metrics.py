@@ -2,9 +2,12 @@
 
 Definitions (docs/paper.md section 6, GluonCV's pixAcc / mIoU):
 - pixel accuracy: correct pixels / labelled pixels (ignore-index pixels count nowhere);
-- IoU_c = TP_c / (TP_c + FP_c + FN_c); mIoU = mean of IoU_c over the classes *present*, i.e. with a non-empty
-  union (in the ground truth or in the predictions). An absent class is excluded, never counted as 1.0; a class
-  predicted but absent from the ground truth has IoU 0 and is counted.
+- IoU_c = TP_c / (TP_c + FP_c + FN_c); mIoU (`miou`) = mean of IoU_c over the classes *present*, i.e. with a
+  non-empty union (in the ground truth or in the predictions). An absent class is excluded, never counted as 1.0; a
+  class predicted but absent from the ground truth has IoU 0 and is counted.
+- `miou_all`: the official ADE20K mean, over *all* K classes, an absent class counting 0 (GluonCV's
+  gluoncv/utils/metrics/segmentation.py: IoU = inter / (eps + union), mIoU = IoU.mean()). On a full validation set
+  where every class occurs the two are equal; on a small or synthetic one `miou_all` is lower.
 - class accuracy_c = TP_c / GT_c; mean class accuracy over the classes present in the ground truth.
 """
 from __future__ import annotations
@@ -60,6 +63,7 @@ class ConfusionMatrix:
         return {
             "pixel_acc": float(tp.sum() / total) if total > 0 else math.nan,
             "miou": sum(present) / len(present) if present else math.nan,
+            "miou_all": sum(present) / self.num_classes,
             "mean_class_acc": sum(in_gt) / len(in_gt) if in_gt else math.nan,
             "iou": iou, "class_acc": acc,
             "gt_pixels": [int(v) for v in gt.tolist()], "pred_pixels": [int(v) for v in predicted.tolist()],
@@ -72,8 +76,9 @@ def classes_scored(result: dict) -> int:
 
 def headline(result: dict) -> dict:
     """The scalar metrics for summary.json and the log (fractions in [0, 1]), with the number of classes the mIoU
-    is over next to the number declared, so that a mean over fewer classes is never read as a plain score."""
-    return {**{k: result[k] for k in ("miou", "pixel_acc", "mean_class_acc")},
+    is over next to the number declared, so that a mean over fewer classes is never read as a plain score;
+    miou_all is the official ADE20K mean over every declared class."""
+    return {**{k: result[k] for k in ("miou", "miou_all", "pixel_acc", "mean_class_acc")},
             "classes_scored": classes_scored(result), "classes_declared": len(result["iou"])}
 
 
@@ -86,7 +91,8 @@ def per_class_table(result: dict, class_names: list[str]) -> str:
                      f"{result['gt_pixels'][c]} | {result['pred_pixels'][c]} |")
     scored, declared = classes_scored(result), len(result["iou"])
     lines.append(f"\nmIoU {100 * result['miou']:.2f} % (over {scored} of {declared} classes, those present "
-                 f"in ground truth or predictions), pixel acc {100 * result['pixel_acc']:.2f} %, "
+                 f"in ground truth or predictions), mIoU over all {declared} classes {100 * result['miou_all']:.2f} %, "
+                 f"pixel acc {100 * result['pixel_acc']:.2f} %, "
                  f"mean class acc {100 * result['mean_class_acc']:.2f} %")
     if scored < declared:
         absent = [n for n, v in zip(class_names, result["iou"]) if math.isnan(v)]

@@ -8,7 +8,7 @@
   copied into `encoder.model`, key by key: every encoder tensor must come from the checkpoint with its shape.
 
 Every model returns {"out": logits at input size} (+ "aux" for fcn in training) and exposes
-`backbone_parameters()` so the optimiser can give the backbone its own lr multiplier.
+`backbone_parameters()` so the optimiser can give the heads their own lr multiplier.
 """
 from __future__ import annotations
 
@@ -106,10 +106,11 @@ def build_model(backbone: str, head: str, num_classes: int, *, aux: bool = True,
     return model, info
 
 
-def param_groups(model: nn.Module, weight_decay: float, backbone_lr_mult: float) -> list[dict]:
-    """Two SGD groups: backbone (lr x backbone_lr_mult, read by engine.schedules.set_lr) and heads."""
+def param_groups(model: nn.Module, weight_decay: float, head_lr_mult: float) -> list[dict]:
+    """Two SGD groups: the backbone at the schedule's lr, and every other parameter (the heads, the aux head, an smp
+    decoder) at lr x head_lr_mult; engine.schedules.set_lr reads each group's lr_mult."""
     backbone_ids = {id(p) for p in model.backbone_parameters()}
     backbone = [p for p in model.parameters() if id(p) in backbone_ids and p.requires_grad]
     heads = [p for p in model.parameters() if id(p) not in backbone_ids and p.requires_grad]
-    return [{"params": backbone, "lr_mult": backbone_lr_mult, "weight_decay": weight_decay, "name": "backbone"},
-            {"params": heads, "lr_mult": 1.0, "weight_decay": weight_decay, "name": "head"}]
+    return [{"params": backbone, "lr_mult": 1.0, "weight_decay": weight_decay, "name": "backbone"},
+            {"params": heads, "lr_mult": head_lr_mult, "weight_decay": weight_decay, "name": "head"}]

@@ -1,7 +1,7 @@
 """`bot finetune-seg`: what is segmentation's own in a run (data, network, loss, mIoU); the run lifecycle (checks,
 resume, lock, process group, summary) is engine/stage.py's.
 
-Optimiser: SGD (momentum 0.9, wd 1e-4) in two param groups, the backbone's lr scaled by `backbone_lr_mult`;
+Optimiser: SGD (momentum 0.9, wd 1e-4) in two param groups, the heads' lr scaled by `head_lr_mult` (GluonCV: 10);
 schedule: linear warmup then poly decay (power 0.9) over all batches (docs/paper.md section 6). Loss: pixel-wise
 cross-entropy over labelled pixels, plus aux_weight x the auxiliary head's.
 """
@@ -23,7 +23,7 @@ from engine.stage import Session, StageDef, fresh_config, launch, run_config
 from engine import distributed as dist
 
 from .data import SegDataset, check_splits, default_config, list_pairs, source_from_config
-from .evaluate import confusion, save_segmenter
+from .evaluate import confusion, ms_options, save_segmenter
 from .metrics import headline, per_class_table
 from .models import build_model, param_groups
 from .transforms import eval_transform, train_transform
@@ -61,6 +61,17 @@ def check(cfg: dict) -> None:
         raise BotError(f"data.scale_max {d['scale_max']}: smaller than data.scale_min {d['scale_min']}")
 
 
+def upgrade(cfg: dict) -> None:
+    """Runs written before the heads got the multiplier had the backbone's instead (heads at lr, backbone at lr x b);
+    the same rates now read lr x b for the backbone and a head multiplier of 1 / b."""
+    t = cfg.get("train", {})
+    if "backbone_lr_mult" in t and "head_lr_mult" not in t:
+        b = t.pop("backbone_lr_mult")
+        if not (isinstance(b, (int, float)) and b > 0):
+            raise BotError(f"train.backbone_lr_mult {b!r}: this older run froze its backbone by lr; it cannot resume")
+        t["lr"], t["head_lr_mult"] = t["lr"] * b, 1.0 / b
+
+
 def cache_dir(cfg: dict):
     if cfg["data"]["spec"]:
         return None
@@ -74,7 +85,7 @@ def default_out(cfg: dict) -> Path:
 
 
 STAGE = StageDef(task="segment", command="finetune-seg", option_keys=CLI_KEYS, defaults=defaults, schema=schema,
-                 check=check, default_out=default_out, cache_dir=cache_dir)
+                 check=check, default_out=default_out, cache_dir=cache_dir, upgrade=upgrade)
 
 
 def resolve_config(options: dict, sets=()) -> dict:
@@ -131,7 +142,7 @@ def train_session(session: Session) -> dict:
                             collate_fn=lambda b: (torch.stack([x[0] for x in b]), torch.stack([x[1] for x in b])))
     steps_per_epoch = len(sampler) // per_rank
     schedule = Schedule(t["lr"], steps_per_epoch * t["epochs"], int(t["warmup_epochs"] * steps_per_epoch), kind="poly", power=t["power"])
-    optimizer = torch.optim.SGD(param_groups(model, t["weight_decay"], t["backbone_lr_mult"]), lr=t["lr"],
+    optimizer = torch.optim.SGD(param_groups(model, t["weight_decay"], t["head_lr_mult"]), lr=t["lr"],
                                 momentum=t["momentum"], **session.optimizer_options())
     precision = Precision(t["precision"], ctx.device)
     net = session.ddp(model)
@@ -143,22 +154,27 @@ def train_session(session: Session) -> dict:
 
     last = {}
 
-    def evaluate() -> dict:
-        cm = confusion(model, val_set, ctx, batch_size=cfg["eval"]["batch_size"], mode=cfg["eval"]["mode"],
-                       window=d["crop_size"], overlap=cfg["eval"]["slide_overlap"], workers=d["workers"])
+    def evaluate(mode: str | None = None) -> dict:
+        # ms-flip costs a dozen forward passes per image: the periodic evaluations score whole images, the final one ms-flip
+        mode = mode or ("whole" if cfg["eval"]["mode"] == "ms-flip" else cfg["eval"]["mode"])
+        cm = confusion(model, val_set, ctx, batch_size=cfg["eval"]["batch_size"], mode=mode,
+                       window=d["crop_size"], overlap=cfg["eval"]["slide_overlap"], workers=d["workers"],
+                       ms=ms_options(cfg))
         last["result"] = cm.compute()
         return headline(last["result"])
 
     result = session.fit(model=net, optimizer=optimizer, precision=precision, schedule=schedule, loader=loader,
                          sampler=sampler, train_step=train_step, evaluate=evaluate, epochs=t["epochs"],
                          batch_size=per_rank, eval_every=t["eval_every"], log_every=t["log_every"])
+    if cfg["eval"]["mode"] == "ms-flip":
+        result["metrics"] = evaluate("ms-flip")
     table = per_class_table(last["result"], source.class_names)
     summary = {
         "metrics": result["metrics"], "backbone": info.summary(),
         "dataset": {"name": source.name, "path": str(source.root), "num_classes": source.num_classes,
                     "ignore_index": source.ignore_index,
                     "splits": {source.splits[0]: len(train_set), source.splits[1]: len(val_set)}},
-        "head": m["head"],
+        "head": m["head"], "eval_mode": cfg["eval"]["mode"],
         "per_class_iou": {n: (None if math.isnan(v) else v) for n, v in zip(source.class_names, last["result"]["iou"])},
     }
     if run.enabled:

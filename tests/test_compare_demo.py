@@ -76,12 +76,12 @@ class FakeStages:
             return 1
         if stage == "pretrain":
             sha = hashlib.sha256(out.encode()).hexdigest()
-            top1 = 0.5 if "baseline" in out else 0.6
+            top1 = 0.6 if "resnet50d" in out else 0.5
             make_run(out, "pretrain", {"top1": top1, "top5": 0.9}, sha=sha, recipe=out.rsplit("/", 1)[1])
         else:
             backbone = self.backbones.setdefault(out, argv[argv.index("--backbone") + 1] if "--backbone" in argv else None)
             pre = json.loads(open(f"{backbone}/summary.json").read())
-            good = "baseline" not in backbone
+            good = "resnet50d" in backbone
             metrics = ({"voc07_map50": 0.3 + 0.1 * good, "coco_map": 0.1} if stage == "finetune-detect"
                        else {"miou": 0.2 + 0.05 * good, "pixel_acc": 0.7})
             make_run(out, "detect" if stage == "finetune-detect" else "segment", metrics, sha=pre["backbone"]["sha256"])
@@ -94,7 +94,7 @@ def test_demo_runs_skips_and_resumes(tmp_path):
     run_demo(out=out, runner=fake, jobs=1)
     assert [c[0] for c in fake.calls] == ["pretrain", "finetune-detect", "finetune-seg"] * 2
     rows = {r["name"]: r for r in json.loads((out / "compare.json").read_text())["rows"]}
-    assert list(rows) == ["baseline", "resnet50d"]
+    assert list(rows) == ["resnet50b-standard", "resnet50d"]
     assert rows["resnet50d"]["metrics"]["voc07_map50"]["delta"] == pytest.approx(10.0)
     assert rows["resnet50d"]["metrics"]["miou"]["delta"] == pytest.approx(5.0)
     assert rows["resnet50d"]["metrics"]["top1"]["delta"] == pytest.approx(10.0)
@@ -112,8 +112,8 @@ def test_demo_runs_skips_and_resumes(tmp_path):
 
 
 def test_demo_failure_names_the_run(tmp_path):
-    fake = FakeStages(fail_on="detect/baseline")
-    with pytest.raises(BotError, match=r"detect/baseline: `bot finetune-detect` failed \(exit code 1\)"):
+    fake = FakeStages(fail_on="detect/resnet50b-standard")
+    with pytest.raises(BotError, match=r"detect/resnet50b-standard: `bot finetune-detect` failed \(exit code 1\)"):
         run_demo(out=tmp_path, runner=fake, jobs=1)
     assert len(fake.calls) == 2 and not (tmp_path / "compare.json").exists()
 
@@ -185,3 +185,13 @@ def test_demo_toy_scale_end_to_end(tmp_path, monkeypatch):
     assert (out / "compare.png").stat().st_size > 10_000
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0 and again.stderr.count("skipped") == 3
+
+
+def test_demo_defaults_to_the_ladders_first_rows_and_keeps_each_recipes_epoch_ratio(tmp_path):
+    from compare.demo import DEFAULT_RECIPES
+    assert resolve_recipes(DEFAULT_RECIPES) == ["resnet50b-standard", "resnet50d"]
+    steps = plan(["resnet50b-standard", "resnet50d-mixup"], tmp_path)
+    pre = [s for s in steps if s.stage == "pretrain"]
+    epochs = [s.args[s.args.index("--epochs") + 1] for s in pre]
+    assert epochs == ["12", "20"]  # 12 per 120 epochs: mixup's 200 -> 20
+    assert pre[0].args[pre[0].args.index("--arch") + 1] == "resnet18b"  # B-standard is ResNet-B

@@ -200,14 +200,16 @@ def test_torchrun_two_cpu_processes(tiny_imagefolder, tmp_path):
 
 def test_synthetic_scale_keeps_the_recipes_linear_scaling():
     """No --data: every recipe gets batch 32 at its own base_lr scaled linearly (0.1 x 32 / 256), one warmup epoch at
-    most, and the step milestones of the synthetic schedule; --data leaves the recipe as it is."""
+    most, the step milestones of the synthetic schedule and each recipe's epoch ratio (mixup's 200 of 120: 16 ->
+    27); --data leaves the recipe as it is."""
     from engine.schedules import scaled_lr
-    for recipe, warmup in (("baseline", 0), ("resnet50d", 1), ("resnet50d-mixup", 1)):
+    for recipe, warmup, epochs in (("baseline", 0, 16), ("resnet50b-standard", 0, 16), ("resnet50d", 1, 16),
+                                   ("resnet50d-mixup", 1, 27)):
         cfg = pt.resolve_config(recipe)
         o, s, t = cfg["optim"], cfg["schedule"], cfg["train"]
         assert (t["batch_size"], o["base_lr"], t["lr"]) == (32, 0.1, None)
         assert scaled_lr(o["base_lr"], t["batch_size"], o["base_batch"]) == pytest.approx(0.0125)
-        assert (t["epochs"], s["milestones"], s["warmup_epochs"]) == (16, [8, 12], warmup)
+        assert (t["epochs"], s["milestones"], s["warmup_epochs"]) == (epochs, [0.5, 0.75], warmup)
         assert cfg["data"]["path"] is None and cfg["data"]["synthetic"]["train_per_class"] == 600
     real = pt.resolve_config("resnet50d", data="/data/imagenet")
     assert (real["train"]["batch_size"], real["train"]["epochs"], real["data"]["image_size"]) == (1024, 120, 224)

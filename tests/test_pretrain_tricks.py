@@ -92,6 +92,27 @@ def test_distillation_loss_by_hand():
     ps_t = torch.softmax(z / T, 1)[0]
     expected = -math.log(ps[0]) + T * T * -(qt[0] * math.log(ps_t[0]) + qt[1] * math.log(ps_t[1]))
     assert distillation_loss(z, r, p, T).item() == pytest.approx(float(expected), rel=1e-6)
+    # GluonCV's weighting (--hard-weight h): (1 - h) T^2 soft + h hard
+    hard = -math.log(ps[0])
+    soft = T * T * -(qt[0] * math.log(ps_t[0]) + qt[1] * math.log(ps_t[1]))
+    for h in (0.5, 0.0, 1.0):
+        assert distillation_loss(z, r, p, T, h).item() == pytest.approx(float((1 - h) * soft + h * hard), rel=1e-6)
+
+
+@pytest.mark.parametrize("epochs, expected", [(120, [30, 60, 90]), (20, [5, 10, 15]), (8, [2, 4, 6])])
+def test_step_milestones_follow_the_epochs(epochs, expected):
+    from pretrain.recipes import load_recipe, milestone_steps
+    fractions = load_recipe("baseline")["schedule"]["milestones"]
+    assert milestone_steps(fractions, epochs, 10) == [10 * e for e in expected]
+    s = Schedule(lr=0.1, total_steps=epochs * 10, kind="step", milestones=milestone_steps(fractions, epochs, 10))
+    assert s(epochs * 10 - 1) == pytest.approx(1e-4)  # decayed three times by the end, whatever --epochs says
+
+
+def test_epoch_milestones_are_refused():
+    from engine.errors import BotError
+    from pretrain.recipes import milestone_steps
+    with pytest.raises(BotError, match="schedule.milestones .*fractions"):
+        milestone_steps([30, 60, 90], 120, 10)
 
 
 def test_no_bias_decay_groups_exclude_biases_and_norm_params():

@@ -62,10 +62,12 @@ def test_frozen_norm_and_lr_mult(ckpt):
     model, _ = build_model(str(ckpt), "fcn", 3, norm="frozen")
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.backbone.modules())
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.head.modules())
-    groups = param_groups(model, 1e-4, 0.1)
+    groups = param_groups(model, 1e-4, 10.0)
     opt = torch.optim.SGD(groups, lr=1.0, momentum=0.9)
     set_lr(opt, 0.02)
-    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.002, 0.02])
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.02, 0.2])
+    heads = {id(p) for m in (model.head, model.aux_head) for p in m.parameters()}
+    assert {id(p) for p in opt.param_groups[1]["params"]} == heads  # the FCN head and the aux head, nothing else
     n_backbone = sum(p.numel() for p in model.backbone.parameters() if p.requires_grad)
     assert sum(p.numel() for p in opt.param_groups[0]["params"]) == n_backbone
     assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == \

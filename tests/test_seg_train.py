@@ -104,3 +104,21 @@ def test_interrupted_run_resumes_to_the_same_weights(env, finished):
         assert torch.equal(a[k], b[k]), k
     assert json.loads((out / "summary.json").read_text())["metrics"] == pytest.approx(
         json.loads((finished / "summary.json").read_text())["metrics"])
+
+
+def test_ms_flip_evaluation_of_a_run_and_as_its_final_evaluation(env, finished, tmp_path):
+    root, ckpt = env
+    res = CliRunner().invoke(main, ["evaluate-seg", "--run", str(finished), "--mode", "ms-flip", "--json", str(tmp_path / "ms.json")])
+    assert res.exit_code == 0, res.output
+    ms = json.loads((tmp_path / "ms.json").read_text())
+    assert ms["mode"] == "ms-flip" and 0.0 <= ms["miou_all"] <= ms["miou"] <= 1.0
+    out = root / "msrun"
+    args = ["finetune-seg", "--backbone", ckpt, "--epochs", 1, "--batch-size", 8, "--image-size", 32, "--out", out,
+            "--set", "eval.mode=ms-flip", "--set", "eval.ms_scales=[0.75,1.25]"] + [x for s in TINY for x in ("--set", s)]
+    res = CliRunner().invoke(main, [str(a) for a in args])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["eval_mode"] == "ms-flip" and set(summary["metrics"]) >= {"miou", "miou_all", "pixel_acc"}
+    res = CliRunner().invoke(main, ["evaluate-seg", "--run", str(out), "--json", str(tmp_path / "again.json")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "again.json").read_text())["miou"] == pytest.approx(summary["metrics"]["miou"], abs=1e-9)

@@ -52,7 +52,7 @@ BAD_VALUES = [
     ("detect", ["--epochs", "0"], "--epochs (train.epochs) = 0"),
     ("detect", ["--epochs", "-1"], "--epochs (train.epochs) = -1"),
     ("segment", ["--set", "train.weight_decay=abc"], "train.weight_decay"),
-    ("segment", ["--set", "eval.mode=fancy"], "expected whole or slide"),
+    ("segment", ["--set", "eval.mode=fancy"], "expected whole, slide or ms-flip"),
     ("segment", ["--batch-size", "0"], "--batch-size (train.batch_size) = 0"),
     ("segment", ["--image-size", "0"], "data.base_size"),
     ("segment", ["--lr", "-1"], "--lr (train.lr)"),

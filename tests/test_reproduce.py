@@ -1,0 +1,101 @@
+"""`bot reproduce`: the plan (rows, order, teacher, data and --nproc per stage), the run through stage subprocesses
+(faked here), the comparison with the paper, and skipping what is finished."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from compare.reproduce import DataPaths, choose_rows, plan_reproduce, plan_text, run_reproduce
+from compare_fixtures import make_run
+from engine.errors import BotError
+from engine.launch import bot_argv
+
+
+class FakeStages:
+    """Stands in for `python -m cli <stage>`: writes the run dir a real stage would, records the argv."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, argv):
+        argv = argv[len(bot_argv()) - 3:]  # as if started as [python, -m, cli, ...]
+        self.calls.append(argv[3:])
+        stage, out = argv[3], argv[argv.index("--out") + 1]
+        recipe = out.rsplit("/", 1)[1]
+        if stage == "pretrain":
+            top1 = {"resnet50b-standard": 0.5}.get(recipe, 0.6)
+            make_run(out, "pretrain", {"top1": top1}, sha=hashlib.sha256(out.encode()).hexdigest(), recipe=recipe)
+        else:
+            backbone = argv[argv.index("--backbone") + 1]
+            sha = json.loads(open(f"{backbone}/summary.json").read())["backbone"]["sha256"]
+            good = recipe != "resnet50b-standard"
+            metrics = {"voc07_map50": 0.3 + 0.1 * good} if stage == "finetune-detect" else {"miou": 0.2 + 0.05 * good}
+            make_run(out, "detect" if stage == "finetune-detect" else "segment", metrics, sha=sha, recipe=recipe)
+        return 0
+
+
+def test_rows_by_recipe_or_label_in_ladder_order():
+    assert choose_rows("resnet50d-cosine, B-standard") == ["resnet50b-standard", "resnet50d-cosine"]
+    assert choose_rows("+ label smoothing") == ["resnet50d-ls"]
+    assert len(choose_rows(None)) == 8 and choose_rows(None)[0] == "resnet152d-teacher"
+    with pytest.raises(BotError, match="not a row of the paper's ladder"):
+        choose_rows("resnet50c")
+
+
+def test_demo_scale_plan(tmp_path):
+    steps = plan_reproduce(["resnet50b-standard", "resnet50d-mixup-distill"], tmp_path, DataPaths())
+    assert [(s.stage, s.recipe) for s in steps] == [
+        ("pretrain", "resnet152d-teacher"),  # joined the plan: the last row distils
+        ("pretrain", "resnet50b-standard"), ("finetune-detect", "resnet50b-standard"), ("finetune-seg", "resnet50b-standard"),
+        ("pretrain", "resnet50d-mixup-distill"), ("finetune-detect", "resnet50d-mixup-distill"),
+        ("finetune-seg", "resnet50d-mixup-distill")]
+    arg = lambda s, k: s.args[s.args.index(k) + 1]  # noqa: E731
+    assert (arg(steps[0], "--arch"), arg(steps[0], "--epochs")) == ("resnet34d", "12")
+    assert (arg(steps[1], "--arch"), arg(steps[1], "--epochs")) == ("resnet18b", "12")
+    assert (arg(steps[4], "--arch"), arg(steps[4], "--epochs")) == ("resnet18d", "20")  # mixup: 200/120
+    assert arg(steps[4], "--teacher") == str(tmp_path / "pretrain" / "resnet152d-teacher")
+    assert "--teacher" not in steps[1].args and "--data" not in steps[2].args
+    assert steps[2].argv(resume=False)[len(bot_argv())] == "finetune-detect" and arg(steps[3], "--epochs") == "10"
+
+
+def test_plan_with_data_paths_and_nproc(tmp_path):
+    data = DataPaths("/d/imagenet", "/d/VOCdevkit", "/d/ADE")
+    steps = plan_reproduce(["resnet50d-distill"], tmp_path, data, nproc=8, teacher="/runs/t",
+                           extra={"finetune-seg": ["--epochs", "2"]})
+    assert [s.recipe for s in steps] == ["resnet50d-distill"] * 3  # an existing teacher: not trained again
+    pre, det, seg = steps
+    assert pre.args == ["--recipe", "resnet50d-distill", "--data", "/d/imagenet", "--teacher", "/runs/t", "--nproc", "8"]
+    assert det.args[2:] == ["--data", "voc:/d/VOCdevkit", "--nproc", "8"]
+    assert seg.args[2:] == ["--data", "ade20k:/d/ADE", "--set", "eval.mode=ms-flip", "--nproc", "8", "--epochs", "2"]
+
+
+def test_runs_compares_with_the_paper_and_skips_what_is_finished(tmp_path):
+    fake = FakeStages()
+    out = tmp_path / "paper"
+    run_reproduce(out=out, recipes="resnet50b-standard,resnet50d", runner=fake)
+    assert [c[0] for c in fake.calls] == ["pretrain", "finetune-detect", "finetune-seg"] * 2
+    data = json.loads((out / "compare.json").read_text())
+    assert data["baseline"] == "resnet50b-standard" and data["paper"]["delta_against"] == "resnet50b-standard"
+    d = {r["recipe"]: r for r in data["rows"]}["resnet50d"]
+    assert d["metrics"]["voc07_map50"]["delta"] == pytest.approx(10.0)
+    assert d["paper"]["metrics"]["voc07_map50"] == {"value": 78.30, "delta": pytest.approx(0.76)}
+    assert (out / "compare.png").exists() and "paper" in (out / "compare.md").read_text()
+    fake.calls.clear()
+    run_reproduce(out=out, recipes="resnet50b-standard,resnet50d", runner=fake)
+    assert fake.calls == []
+    (out / "segment" / "resnet50d" / "summary.json").unlink()
+    (out / "segment" / "resnet50d" / "last.ckpt").write_bytes(b"x")
+    steps = plan_reproduce(["resnet50b-standard", "resnet50d"], out, DataPaths())
+    text = plan_text(steps)
+    assert text.count("finished earlier") == 5 and "interrupted: resumes from last.ckpt" in text
+
+
+def test_cli_plan_only_and_bad_paths(tmp_path):
+    res = CliRunner().invoke(main, ["reproduce", "--plan-only", "--out", str(tmp_path), "--recipes", "resnet50d"])
+    assert res.exit_code == 0 and not (tmp_path / "pretrain").exists()
+    res = CliRunner().invoke(main, ["reproduce", "--imagenet", str(tmp_path / "nope"), "--plan-only"])
+    assert res.exit_code == 2 and "--imagenet" in res.output and "no such directory" in res.output
