@@ -149,7 +149,8 @@ def _train(cfg: dict, out: Path, resume: bool, ctx: dist.DistContext) -> Path:
            f"{t['precision']}, {ctx.world_size} x {ctx.device}", ctx.is_main)
 
     def train_step(batch):
-        images, labels = (x.to(ctx.device, non_blocking=True) for x in batch)
+        crops, alphas, labels = (x.to(ctx.device, non_blocking=True) for x in batch)
+        images = data.device_pipeline(crops, alphas)  # uint8 crops -> lit, normalised float images, batched
         target = smooth_targets(labels, num_classes, t["label_smoothing"], t["smoothing_form"])
         if t["mixup_alpha"] > 0:
             images, target, _ = mixup(images, target, t["mixup_alpha"], generator)
