@@ -51,7 +51,7 @@ def write_json(path: str | None, measurements: dict) -> None:
     if not path:
         return
     stamp = {"command": "python " + " ".join(sys.argv), "date": datetime.date.today().isoformat(), "machine": machine()}
-    out = {name: {**e, **stamp} for name, e in measurements.items()}
+    out = {name: {**e, **stamp} if "ratio" in e else e for name, e in measurements.items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -89,22 +89,39 @@ def bare_rate(step: Callable[[], None], steps: int, images_per_step: int, device
 
 
 def fit_rate(model, optimizer, precision, train_step: Callable, batch, steps: int, images_per_step: int,
-             device: torch.device, clip_grad: float = 0.0) -> float:
+             device: torch.device, clip_grad: float = 0.0, loader=None, sampler=None, warmup: int = 0) -> float:
     """Images/s of engine.loop.fit (LR per batch, loss scaling, non-finite check, progress, logging) driving
-    `train_step` on the same batch `steps` times, as the stages use it."""
+    `train_step`, as the stages use it: on the same `batch` `steps` times, or on `loader` (with its `sampler`).
+
+    With `warmup` > 0 the clock starts after that many steps (synchronised), so one-off costs (cudnn autotuning,
+    torch.compile, worker start-up, filling the prefetch queue) stay out of the rate.
+    """
     from engine.distributed import DistContext
     from engine.loop import fit
     from engine.rundir import RunDir
     from engine.schedules import Schedule
 
-    schedule = Schedule(lr=0.01, total_steps=steps, warmup_steps=steps // 4, kind="cosine")
+    total = steps if loader is None else len(loader)
+    clock = {}
+
+    def on_step(pos):
+        if pos.step == warmup:
+            _sync(device)
+            clock["start"] = time.perf_counter()
+
+    schedule = Schedule(lr=0.01, total_steps=total, warmup_steps=total // 4, kind="cosine")
     with tempfile.TemporaryDirectory() as tmp:
-        result = fit(model=model, optimizer=optimizer, precision=precision, schedule=schedule, loader=[batch] * steps,
-                     sampler=_Once(), train_step=train_step, evaluate=lambda: {}, run=RunDir(tmp, enabled=False),
+        result = fit(model=model, optimizer=optimizer, precision=precision, schedule=schedule,
+                     loader=[batch] * steps if loader is None else loader, sampler=sampler or _Once(),
+                     train_step=train_step, evaluate=lambda: {}, run=RunDir(tmp, enabled=False),
                      ctx=DistContext(device=device), epochs=1, batch_size=images_per_step, log_every=20,
-                     clip_grad=clip_grad)
+                     clip_grad=clip_grad, on_step=on_step if warmup else None)
     _sync(device)
-    return result["images_per_second"]
+    if not warmup:
+        return result["images_per_second"]
+    if total <= warmup:
+        raise ValueError(f"{total} steps leave none to time after {warmup} warm-up steps")
+    return (total - warmup) * images_per_step / (time.perf_counter() - clock["start"])
 
 
 def render(files: list[str]) -> str:
@@ -113,6 +130,8 @@ def render(files: list[str]) -> str:
              "|---|---:|---:|---:|---|---|---|"]
     for f in files:
         for name, e in json.loads(Path(f).read_text()).items():
+            if not isinstance(e, dict) or "ratio" not in e:  # e.g. gpu_check's pass/fail checks
+                continue
             lines.append(f"| {name} | {e['baseline']:.4g} | {e['bot']:.4g} | **{e['ratio']:.2f}** | {e['unit']} | "
                          f"{e.get('baseline_is', '')} | `{e.get('command', '')}`, {e.get('date', '')}, "
                          f"{e.get('machine', '')} |")
