@@ -2,7 +2,7 @@
 results file ({measurement: {"baseline", "bot", "ratio", "unit", ...}}), and, run as a script, the README's
 performance table rendered from such files:
 
-    python benchmarks/results.py --json runs/bench/pretrain.json --json runs/bench/segment.json
+    python benchmarks/results.py --json runs/bench/pretrain.json --json runs/bench/segment.json [--readme README.md]
 """
 from __future__ import annotations
 
@@ -138,10 +138,29 @@ def render(files: list[str]) -> str:
     return "\n".join(lines)
 
 
+START, END = "<!-- performance table: python benchmarks/results.py -->", "<!-- end of performance table -->"
+
+
+def replace_table(readme: Path, table: str) -> None:
+    """Put `table` between the README's two marker lines (both must be there, in order)."""
+    text = readme.read_text()
+    if START not in text or END not in text or text.index(START) > text.index(END):
+        raise SystemExit(f"error: {readme}: needs the marker lines {START!r} and {END!r}, in that order")
+    head, rest = text.split(START, 1)
+    readme.write_text(head + START + "\n" + table + "\n" + END + rest.split(END, 1)[1])
+    print(f"wrote the table into {readme}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description="Render the performance table (Markdown) from benchmark JSON files.")
     p.add_argument("--json", metavar="FILE", action="append", required=True, help="a results file (repeatable)")
-    print(render(p.parse_args().json))
+    p.add_argument("--readme", type=Path, help="write the table into this file, between its marker lines")
+    args = p.parse_args()
+    table = render(args.json)
+    if args.readme:
+        replace_table(args.readme, table)
+    else:
+        print(table)
 
 
 if __name__ == "__main__":

@@ -69,3 +69,17 @@ def test_smoke_mode_end_to_end(tmp_path):
     table = results.render([str(out)])
     assert table.count("\n") == len(data) + 1   # header, rule, one row per measurement (the checks are not rows)
     assert "| img/s |" in table and "gpu_check.py --smoke" in table
+
+
+def test_the_readme_table_is_rendered_between_its_markers(tmp_path):
+    bench = tmp_path / "b.json"
+    bench.write_text(json.dumps({"x img/s": results.entry(200.0, 250.0, "img/s", "stock", 3)}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{results.START}\nold table\n{results.END}\nafter\n")
+    results.replace_table(readme, results.render([str(bench)]))
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("intro\n") and text.endswith(f"{results.END}\nafter\n")
+    assert "| x img/s | 200 | 250 | **1.25** | img/s | stock |" in text
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="needs the marker lines"):
+        results.replace_table(readme, "table")
