@@ -268,7 +268,6 @@ def classification(sizes: Sizes, data: Path, device: torch.device) -> dict:
         memory[f"bot{tag}"] = peak_gib()
         rates[f"jpeg{tag}"] = fit_rate(net, opt, precision, bot_step, None, total, sizes.batch, device,
                                        loader=loader, sampler=loader.sampler, warmup=sizes.warmup)
-        del net, opt
     what = f"{sizes.arch} {sizes.crop}px batch {sizes.batch} {sizes.precision} channels_last"
     for tag, how in (("", "eager"), (" compiled", f"torch.compile ({sizes.compile_backend})")):
         results[f"{what}{tag}: bot step / bare loop"] = entry(
@@ -332,7 +331,7 @@ def downstream(sizes: Sizes, device: torch.device) -> dict:
     both(detector, lambda: sum(detector(images, targets).values()), det_bot, (images, targets), sizes.det_batch,
          f"Faster R-CNN FPN {sizes.arch} {s}px batch {sizes.det_batch} {sizes.precision}: bot loop / bare loop",
          "bare fwd/bwd/step loop, GPU-resident data")
-    del detector
+    detector.cpu()  # its GPU memory back before the FCN
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -12,7 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engine.device_pipeline import mixup, sample_beta  # noqa: F401 (the stage's tricks, in one place)
+from engine.device_pipeline import mixup, sample_beta
+
+__all__ = ["smooth_targets", "soft_cross_entropy", "mixup", "sample_beta", "distillation_loss"]
 
 
 def smooth_targets(labels: torch.Tensor, num_classes: int, eps: float, form: str = "paper") -> torch.Tensor:
