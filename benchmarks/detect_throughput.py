@@ -1,21 +1,29 @@
-"""Detection throughput on this machine: Faster R-CNN training and inference images/s for resnet18d and resnet50d
-backbones at a stated image size, and the time of our VOC metric code on N synthetic detections next to
-pycocotools' COCOeval on the same detections. Run by hand: `python benchmarks/detect_throughput.py`.
+"""Detection throughput on this machine, as ratios against baselines measured in the same run (medians of
+interleaved rounds): Faster R-CNN training images/s of bot's loop (engine.loop.fit) against a bare
+forward/backward/step loop, inference images/s of bot's prediction (forward + post-processing into detections in
+original-image pixels) against a bare forward, for resnet18d and resnet50d backbones; and our VOC metric code on N
+synthetic detections against pycocotools' COCOeval on the same detections.
+
+    python benchmarks/detect_throughput.py --json runs/bench/detect.json
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 import warnings
 
 import numpy as np
 import torch
 
+from detection.evaluate import batch_detections
 from detection.metrics_coco import evaluate_coco
 from detection.metrics_voc import evaluate_voc
 from detection.model import build_detector
 from detection.train import HERE
 from engine.config import load_yaml
+from engine.precision import Precision
+from results import add_json_option, bare_rate, entry, fit_rate, interleaved, print_table, write_json
 
 
 def model_config(profile: str, detector: str = "fpn") -> dict:
@@ -26,35 +34,50 @@ def model_config(profile: str, detector: str = "fpn") -> dict:
     return cfg
 
 
-def throughput(arch: str, size: int, batch: int, steps: int, profile: str, detector: str = "fpn") -> tuple[float, float]:
+def throughput(arch: str, size: int, batch: int, steps: int, profile: str, rounds: int, detector: str = "fpn") -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model, _ = build_detector(arch, 20, model_config(profile, detector), size, round(size * 5 / 3))
+    device = torch.device("cpu")
     g = torch.Generator().manual_seed(0)
     images = [torch.rand(3, size, round(size * 4 / 3), generator=g) for _ in range(batch)]
     targets = [{"boxes": torch.tensor([[10., 10., size / 2, size / 2], [size / 3, size / 4, size - 5, size - 5]]),
-                "labels": torch.tensor([1, 7])} for _ in range(batch)]
+                "labels": torch.tensor([1, 7]), "image_id": i, "orig_size": (2 * size, round(size * 8 / 3))}
+               for i in range(batch)]
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
     model.train()
 
-    def step():
+    def bare_step():
         loss = sum(model(images, targets).values())
         loss.backward()
         opt.step()
         opt.zero_grad()
 
-    step()  # warm-up
-    tic = time.perf_counter()
-    for _ in range(steps):
-        step()
-    train_ips = steps * batch / (time.perf_counter() - tic)
-    model.eval()
-    with torch.no_grad():
-        model(images)
+    def bot_step(b):
+        losses = model(*b)
+        return sum(losses.values()), len(b[0]), {k: v.detach() for k, v in losses.items()}
+
+    @torch.no_grad()
+    def eval_rate(post):
+        model.eval()
         tic = time.perf_counter()
         for _ in range(steps):
-            model(images)
-    return train_ips, steps * batch / (time.perf_counter() - tic)
+            preds = model(images)
+            if post:
+                batch_detections(images, targets, preds)
+        model.train()
+        return steps * batch / (time.perf_counter() - tic)
+
+    bare_step()  # warm-up
+    train = interleaved(lambda: bare_rate(bare_step, steps, batch, device),
+                        lambda: fit_rate(model, opt, Precision("fp32", device), bot_step, (images, targets), steps,
+                                         batch, device), rounds)
+    evaluate = interleaved(lambda: eval_rate(False), lambda: eval_rate(True), rounds)
+    what = dict(arch=arch, image=f"{size}x{round(size * 4 / 3)}", batch=batch, head=profile)
+    return {f"detect train {arch} {size}px batch {batch} ({profile} head)":
+            entry(*train, "img/s", "bare fwd/bwd/step loop", rounds, **what),
+            f"detect inference {arch} {size}px batch {batch} ({profile} head)":
+            entry(*evaluate, "img/s", "bare forward (no read-back)", rounds, **what)}
 
 
 def metric_timing(n_dets: int, n_images: int, n_classes: int = 20, seed: int = 0) -> tuple[float, float, dict, dict]:
@@ -97,22 +120,30 @@ def main():
     ap.add_argument("--image-size", type=int, default=224, help="short side (long side 4/3 of it)")
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--profile", choices=["paper", "synthetic"], default="paper",
                     help="model head: defaults.yaml (paper) or the small synthetic.yaml one")
     ap.add_argument("--detector", choices=["fpn", "c4"], default="fpn", help="FPN or GluonCV's C4 Faster R-CNN")
     ap.add_argument("--detections", type=int, default=10_000)
     ap.add_argument("--skip-models", action="store_true")
+    add_json_option(ap)
     a = ap.parse_args()
     print(f"torch threads {torch.get_num_threads()}, device cpu, image {a.image_size}x{round(a.image_size * 4 / 3)}, "
           f"batch {a.batch_size}, head {a.profile}, detector {a.detector}")
+    results = {}
     if not a.skip_models:
         for arch in a.archs.split(","):
-            tr, ev = throughput(arch, a.image_size, a.batch_size, a.steps, a.profile, a.detector)
-            print(f"{arch:10s} train {tr:7.2f} img/s   eval {ev:7.2f} img/s")
-    voc_s, coco_s, voc, coco = metric_timing(a.detections, n_images=a.detections // 5)
+            results.update(throughput(arch, a.image_size, a.batch_size, a.steps, a.profile, a.rounds, a.detector))
+    runs = [metric_timing(a.detections, n_images=a.detections // 5) for _ in range(a.rounds)]
+    voc_s, coco_s = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+    _, _, voc, coco = runs[0]
     print(f"metrics on {a.detections} detections / {a.detections // 5} images: VOC07+area AP (ours) {voc_s:.2f} s, "
           f"COCOeval {coco_s:.2f} s   (VOC07 mAP {voc['voc07']:.3f}, area {voc['voc_area']:.3f}, "
           f"COCO AP50 {coco['coco_map50']:.3f})")
+    results[f"VOC07 + area AP on {a.detections} detections"] = entry(
+        a.detections / coco_s, a.detections / voc_s, "detections/s", "pycocotools COCOeval (all IoUs, areas)", a.rounds)
+    print_table(results)
+    write_json(a.json, results)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,13 @@
-"""Segmentation throughput, run by hand: training and evaluation images/s of fcn and an smp head on resnet18d and
-resnet50d at a stated size, and the confusion-matrix metric's time on N full-size masks against a numpy reference.
+"""Segmentation throughput on this machine, as ratios against baselines measured in the same run (medians of
+interleaved rounds):
 
-    python benchmarks/segment_throughput.py --size 128 --batch 8 --steps 3
-Prints a Markdown table (random weights: speed does not depend on them).
+1. training images/s of bot's loop (engine.loop.fit + the stage's loss with the auxiliary head) against a bare
+   forward/backward/step loop with plain cross-entropy, for fcn and an smp head on each backbone;
+2. evaluation images/s of bot's scoring (argmax + the confusion matrix) against a bare forward + argmax;
+3. the confusion matrix (segmentation.metrics) on N full-size masks against a plain numpy bincount reference.
+
+    python benchmarks/segment_throughput.py --size 128 --batch 8 --steps 3 --json runs/bench/segment.json
+Random weights: speed does not depend on them.
 """
 from __future__ import annotations
 
@@ -12,45 +17,70 @@ import warnings
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from engine.precision import Precision
+from results import add_json_option, bare_rate, entry, fit_rate, interleaved, print_table, write_json
 from segmentation.metrics import ConfusionMatrix
 from segmentation.models import build_model
 from segmentation.train import segmentation_loss
 
+IGNORE = 255
 
-def bench_model(arch: str, head: str, size: int, batch: int, steps: int, classes: int, device: torch.device) -> tuple[float, float]:
+
+def bench_model(arch: str, head: str, args, device: torch.device) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model, _ = build_model(arch, head, classes, quiet_random=True)
+        model, _ = build_model(arch, head, args.classes, quiet_random=True)
     model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    x = torch.randn(batch, 3, size, size, device=device)
-    y = torch.randint(0, classes, (batch, size, size), device=device)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    y = torch.randint(0, args.classes, (args.batch, args.size, args.size), device=device)
+    precision = Precision("fp32", device)
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    model.train()
-    for i in range(steps + 1):  # the first step warms up allocators and kernels
-        if i == 1:
-            sync()
-            tic = time.perf_counter()
-        loss, _ = segmentation_loss(model(x), y, 255, 0.5)
+    def bare_step():
+        loss = F.cross_entropy(model(x)["out"], y, ignore_index=IGNORE)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    sync()
-    train = steps * batch / (time.perf_counter() - tic)
-    model.eval()
-    with torch.no_grad():
-        for i in range(steps + 1):
-            if i == 1:
-                sync()
-                tic = time.perf_counter()
+
+    def bot_step(batch):
+        loss, logs = segmentation_loss(model(batch[0]), batch[1], IGNORE, 0.5)
+        return loss, batch[0].shape[0], logs
+
+    @torch.no_grad()
+    def bare_eval():
+        model.eval()
+        tic = time.perf_counter()
+        for _ in range(args.steps):
             model(x)["out"].argmax(1)
-    sync()
-    return train, steps * batch / (time.perf_counter() - tic)
+        rate = args.steps * args.batch / (time.perf_counter() - tic)
+        model.train()
+        return rate
+
+    @torch.no_grad()
+    def bot_eval():
+        model.eval()
+        cm = ConfusionMatrix(args.classes, IGNORE)
+        tic = time.perf_counter()
+        for _ in range(args.steps):
+            cm.update(model(x)["out"].argmax(1), y)
+        cm.compute()
+        rate = args.steps * args.batch / (time.perf_counter() - tic)
+        model.train()
+        return rate
+
+    model.train()
+    bare_step()  # warm up allocators and kernels
+    train = interleaved(lambda: bare_rate(bare_step, args.steps, args.batch, device),
+                        lambda: fit_rate(model, opt, precision, bot_step, (x, y), args.steps, args.batch, device),
+                        args.rounds)
+    evaluate = interleaved(bare_eval, bot_eval, args.rounds)
+    what = dict(arch=arch, head=head, size=args.size, batch=args.batch, device=str(device))
+    return {f"segment train {arch} {head} {args.size}px batch {args.batch}":
+            entry(*train, "img/s", "bare fwd/bwd/step loop, plain cross-entropy", args.rounds, **what),
+            f"segment eval {arch} {head} {args.size}px batch {args.batch}":
+            entry(*evaluate, "img/s", "bare forward + argmax", args.rounds, **what)}
 
 
 def numpy_confusion(pred: np.ndarray, target: np.ndarray, k: int, ignore: int) -> np.ndarray:
@@ -58,24 +88,33 @@ def numpy_confusion(pred: np.ndarray, target: np.ndarray, k: int, ignore: int) -
     return np.bincount(target[keep].astype(np.int64) * k + pred[keep], minlength=k * k).reshape(k, k)
 
 
-def bench_metric(n: int, size: int, classes: int) -> tuple[float, float]:
+def bench_metric(n: int, size: int, classes: int, rounds: int) -> dict:
     rng = np.random.default_rng(0)
     targets = [rng.integers(0, classes, (size, size)) for _ in range(n)]
     for t in targets:
-        t[rng.random(t.shape) < 0.1] = 255
+        t[rng.random(t.shape) < 0.1] = IGNORE
     preds = [rng.integers(0, classes, (size, size)) for _ in range(n)]
     tp, pp = [torch.from_numpy(t) for t in targets], [torch.from_numpy(p) for p in preds]
-    tic = time.perf_counter()
-    cm = ConfusionMatrix(classes, 255)
-    for p, t in zip(pp, tp):
-        cm.update(p, t)
-    cm.compute()
-    ours = time.perf_counter() - tic
-    tic = time.perf_counter()
-    ref = sum(numpy_confusion(p, t, classes, 255) for p, t in zip(preds, targets))
-    numpy_s = time.perf_counter() - tic
-    assert (ref == cm.matrix.numpy()).all(), "confusion matrix differs from the numpy reference"
-    return ours, numpy_s
+    ref = sum(numpy_confusion(p, t, classes, IGNORE) for p, t in zip(preds, targets))
+
+    def ours():
+        tic = time.perf_counter()
+        cm = ConfusionMatrix(classes, IGNORE)
+        for p, t in zip(pp, tp):
+            cm.update(p, t)
+        cm.compute()
+        rate = n / (time.perf_counter() - tic)
+        assert (ref == cm.matrix.numpy()).all(), "confusion matrix differs from the numpy reference"
+        return rate
+
+    def numpy_ref():
+        tic = time.perf_counter()
+        sum(numpy_confusion(p, t, classes, IGNORE) for p, t in zip(preds, targets))
+        return n / (time.perf_counter() - tic)
+
+    return {f"confusion matrix {size}x{size} masks, {classes} classes":
+            entry(*interleaved(numpy_ref, ours, rounds), "masks/s", "numpy bincount over the labelled pixels", rounds,
+                  masks=n)}
 
 
 def main() -> None:
@@ -83,24 +122,25 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--classes", type=int, default=150)
     ap.add_argument("--archs", default="resnet18d,resnet50d")
     ap.add_argument("--heads", default="fcn,deeplabv3plus")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--masks", type=int, default=100)
     ap.add_argument("--mask-size", type=int, default=512)
+    ap.add_argument("--skip-models", action="store_true", help="only the confusion-matrix timing")
+    add_json_option(ap)
     args = ap.parse_args()
     device = torch.device(args.device)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}; "
-          f"{args.size}x{args.size} px, batch {args.batch}, {args.classes} classes, {args.steps} timed steps\n")
-    print("| arch | head | train img/s | eval img/s |\n|---|---|---:|---:|")
-    for arch in args.archs.split(","):
-        for head in args.heads.split(","):
-            train, evaluate = bench_model(arch, head, args.size, args.batch, args.steps, args.classes, device)
-            print(f"| {arch} | {head} | {train:.2f} | {evaluate:.2f} |", flush=True)
-    ours, ref = bench_metric(args.masks, args.mask_size, args.classes)
-    print(f"\nconfusion matrix on {args.masks} masks of {args.mask_size}x{args.mask_size}, {args.classes} classes: "
-          f"segmentation.metrics {ours:.3f} s, numpy bincount reference {ref:.3f} s (identical matrices)")
+    results = {}
+    if not args.skip_models:
+        for arch in args.archs.split(","):
+            for head in args.heads.split(","):
+                results.update(bench_model(arch, head, args, device))
+    results.update(bench_metric(args.masks, args.mask_size, args.classes, args.rounds))
+    print_table(results)
+    write_json(args.json, results)
 
 
 if __name__ == "__main__":

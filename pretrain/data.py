@@ -1,9 +1,12 @@
 """Classification data: ImageFolder train/val splits, the paper's augmentation, and the loaders.
 
 Train (docs/paper.md section 1): random-resized crop (area 8-100%, aspect 3/4-4/3), horizontal flip, colour jitter,
-PCA lighting noise, normalisation with the paper's mean/std. Validation: resize the short side to
-image_size * 256 / 224, centre crop image_size. Each training sample's augmentation is seeded from
-(seed, epoch, index), so it is the same whatever the worker count and wherever a run was resumed.
+PCA lighting noise, normalisation with the paper's mean/std. The workers do the first three and draw the lighting
+alphas; the uint8 crop and its alphas leave the worker, and engine.device_pipeline normalises and lights the batch
+on the training device (`train_transform` is the same augmentation done per sample on the CPU, the reference).
+Validation: resize the short side to image_size * 256 / 224, centre crop image_size. Each training sample's
+augmentation is seeded from (seed, epoch, index), so it is the same whatever the worker count and wherever a run
+was resumed.
 """
 from __future__ import annotations
 
@@ -16,19 +19,13 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from engine.device_pipeline import PCA_EIGVAL, PCA_EIGVEC, DevicePipeline, lighting_alphas
 from engine.distributed import DistContext, EpochSampler, ShardSampler, seeded_sample
 from engine.errors import BotError
 from engine.images import IMAGE_EXTENSIONS, check_all, is_image_file, read_rgb, verify
 from engine.progress import report
 
 from .weights import PAPER_MEAN, PAPER_STD
-
-# AlexNet's PCA of ImageNet RGB pixels (0-255 scale), docs/paper.md section 1 step 5.
-PCA_EIGVAL = torch.tensor([55.46, 4.794, 1.148])
-PCA_EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009],
-                           [-0.5808, -0.0045, -0.8140],
-                           [-0.5836, -0.6948, 0.4203]])
-
 
 class Lighting(torch.nn.Module):
     """AlexNet-style PCA noise: add eigvec @ (alpha * eigval) to every pixel, alpha ~ N(0, alphastd) per eigenvector.
@@ -52,18 +49,33 @@ def val_resize(image_size: int) -> int:
     return int(round(image_size * 256 / 224))
 
 
-def train_transform(cfg: dict, mean=PAPER_MEAN, std=PAPER_STD):
-    size = cfg["image_size"]
+def _crop_flip_jitter(cfg: dict) -> list:
     cj = cfg["color_jitter"]
-    return v2.Compose([
-        v2.RandomResizedCrop(size, scale=tuple(cfg["scale"]), ratio=tuple(cfg["ratio"]), antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.ColorJitter(brightness=cj, contrast=cj, saturation=cj),
-        v2.PILToTensor(),
-        v2.ToDtype(torch.float32, scale=True),
-        Lighting(cfg["pca_noise"]),
-        v2.Normalize(mean, std),
-    ])
+    return [v2.RandomResizedCrop(cfg["image_size"], scale=tuple(cfg["scale"]), ratio=tuple(cfg["ratio"]), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(brightness=cj, contrast=cj, saturation=cj),
+            v2.PILToTensor()]
+
+
+class TrainCrop:
+    """The workers' half of the training augmentation: PIL image -> (uint8 (3, H, W) crop, lighting alphas (3,)).
+
+    The alphas are drawn after the crop, flip and jitter, exactly where the per-sample path's Lighting drew them,
+    so the same seed gives the same numbers on both paths.
+    """
+
+    def __init__(self, cfg: dict):
+        self.augment, self.pca_noise = v2.Compose(_crop_flip_jitter(cfg)), cfg["pca_noise"]
+
+    def __call__(self, img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+        crop = self.augment(img)
+        return crop, lighting_alphas(self.pca_noise)
+
+
+def train_transform(cfg: dict, mean=PAPER_MEAN, std=PAPER_STD):
+    """The whole augmentation per sample on the CPU (the reference for TrainCrop + DevicePipeline)."""
+    return v2.Compose([*_crop_flip_jitter(cfg), v2.ToDtype(torch.float32, scale=True), Lighting(cfg["pca_noise"]),
+                       v2.Normalize(mean, std)])
 
 
 def val_transform(image_size: int, mean=PAPER_MEAN, std=PAPER_STD):
@@ -93,7 +105,10 @@ def image_folder(split_dir: Path) -> datasets.ImageFolder:
 
 
 class SeededSplit(Dataset):
-    """An ImageFolder whose transform draws from a per-sample seed; indexed by (epoch, index) pairs."""
+    """An ImageFolder whose transform draws from a per-sample seed; indexed by (epoch, index) pairs.
+
+    Items are (image, label), or (crop, alphas, label) when the transform returns a (crop, alphas) pair.
+    """
 
     def __init__(self, folder: datasets.ImageFolder, transform, seed: int):
         self.folder, self.transform, self.seed = folder, transform, seed
@@ -106,7 +121,8 @@ class SeededSplit(Dataset):
         path, label = self.folder.samples[index]
         img = self.folder.loader(path)
         with seeded_sample(self.seed, epoch, index):
-            return self.transform(img), label
+            out = self.transform(img)
+        return (*out, label) if isinstance(out, tuple) else (out, label)
 
 
 @dataclass
@@ -115,6 +131,7 @@ class ClassificationData:
     val: Dataset
     classes: list[str]
     root: Path
+    device_pipeline: DevicePipeline  # completes a train batch on the device: (crops, alphas) -> normalised images
 
 
 def build_datasets(root: Path, cfg: dict, seed: int) -> ClassificationData:
@@ -127,7 +144,8 @@ def build_datasets(root: Path, cfg: dict, seed: int) -> ClassificationData:
         extra = sorted(set(train.classes) ^ set(val.classes))
         raise BotError(f"{root}: train/ and val/ have different class folders ({', '.join(extra[:5])})")
     val.transform = val_transform(cfg["image_size"])
-    return ClassificationData(SeededSplit(train, train_transform(cfg), seed), val, train.classes, root)
+    return ClassificationData(SeededSplit(train, TrainCrop(cfg), seed), val, train.classes, root,
+                              DevicePipeline(PAPER_MEAN, PAPER_STD))
 
 
 def build_loaders(data: ClassificationData, ctx: DistContext, batch_per_rank: int, workers: int, seed: int):

@@ -108,6 +108,7 @@ def train_session(session: Session) -> dict:
     num_classes = len(data.classes)
     per_rank = session.per_rank(t["batch_size"])
     train_loader, sampler, val_loader = build_loaders(data, ctx, per_rank, d["workers"], seed)
+    data.device_pipeline.channels_last = session.channels_last
     lr = t["lr"] if t["lr"] is not None else scaled_lr(o["base_lr"], t["batch_size"], o["base_batch"])
 
     model = create_backbone(cfg["model"]["arch"], num_classes=num_classes, zero_gamma=cfg["model"]["zero_gamma"],
@@ -136,7 +137,8 @@ def train_session(session: Session) -> dict:
            f"{t['precision']}, {ctx.world_size} x {ctx.device}", ctx.is_main)
 
     def train_step(batch):
-        images, labels = session.inputs(batch[0]), batch[1].to(ctx.device, non_blocking=True)
+        crops, alphas, labels = (x.to(ctx.device, non_blocking=True) for x in batch)
+        images = data.device_pipeline(crops, alphas)  # uint8 crops -> lit, normalised float images, batched
         target = smooth_targets(labels, num_classes, t["label_smoothing"], t["smoothing_form"])
         if t["mixup_alpha"] > 0:  # draws from the global RNG, which fit seeds from (seed, step, rank)
             images, target, _ = mixup(images, target, t["mixup_alpha"], None)

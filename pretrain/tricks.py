@@ -2,14 +2,19 @@
 
 - label smoothing with q_i = 1 - eps on the true class and eps / (K - 1) elsewhere (form "paper"), or eps / K added
   to every class as torch's CrossEntropyLoss(label_smoothing) and GluonCV do (form "uniform");
-- mixup of inputs and target distributions with lam ~ Beta(alpha, alpha); written here rather than taken from
-  timm.data.Mixup because timm's bakes in the uniform smoothing form and we need both forms to compose with it;
+- mixup of inputs and target distributions with lam ~ Beta(alpha, alpha); written by hand rather than taken from
+  timm.data.Mixup because timm's bakes in the uniform smoothing form and we need both forms to compose with it
+  (it lives in engine.device_pipeline, with the rest of the batched device-side input work);
 - the distillation loss CE(p, softmax(z)) + T^2 * CE(softmax(r / T), softmax(z / T)).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from engine.device_pipeline import mixup, sample_beta
+
+__all__ = ["smooth_targets", "soft_cross_entropy", "mixup", "sample_beta", "distillation_loss"]
 
 
 def smooth_targets(labels: torch.Tensor, num_classes: int, eps: float, form: str = "paper") -> torch.Tensor:
@@ -27,24 +32,6 @@ def smooth_targets(labels: torch.Tensor, num_classes: int, eps: float, form: str
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of -sum_i q_i log softmax(z)_i, computed in fp32 for stability under autocast."""
     return -(target * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
-
-
-def mixup(images: torch.Tensor, targets: torch.Tensor, alpha: float, generator: torch.Generator):
-    """x = lam x_i + (1 - lam) x_j and y = lam y_i + (1 - lam) y_j over a random pairing of the batch.
-
-    Returns the mixed batch, the mixed target distributions, and lam. Randomness comes from `generator` only,
-    so a resumed run draws the same lam and pairing as an uninterrupted one.
-    """
-    lam = sample_beta(alpha, generator)
-    perm = torch.randperm(images.shape[0], generator=generator).to(images.device)
-    return lam * images + (1 - lam) * images[perm], lam * targets + (1 - lam) * targets[perm], lam
-
-
-def sample_beta(alpha: float, generator: torch.Generator) -> float:
-    """lam ~ Beta(alpha, alpha) as G1 / (G1 + G2), G ~ Gamma(alpha): torch.distributions.Beta takes no generator."""
-    g = torch._standard_gamma(torch.full((2,), float(alpha), dtype=torch.float64), generator=generator)
-    total = float(g.sum())
-    return float(g[0]) / total if total > 0 else 0.5
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,

@@ -63,10 +63,10 @@ def confusion(model, dataset: SegDataset, ctx: DistContext, *, batch_size: int, 
     model.eval()
     cm = ConfusionMatrix(source.num_classes, source.ignore_index)
     for images, masks, sizes, indices in loader:
-        pred = predict_labels(model, images.to(ctx.device), sizes, mode, window, overlap, ms).cpu()
-        cm.update(pred, masks)  # padding is labelled ignore, so it counts nowhere
+        pred = predict_labels(model, images.to(ctx.device), sizes, mode, window, overlap, ms)
+        cm.update(pred, masks)  # padding is labelled ignore, so it counts nowhere; on a GPU, counted there
         if on_batch is not None:
-            on_batch(pred, sizes, indices)
+            on_batch(pred.cpu(), sizes, indices)
     model.train(was_training)
     return cm.reduce(ctx)
 

@@ -1,6 +1,7 @@
 """VOC07 11-point / area AP on cases computed by hand, devkit IoU conventions, difficult handling, COCOeval."""
 import numpy as np
 import pytest
+import torch
 
 from detection.metrics_coco import evaluate_coco
 from detection.metrics_voc import ap_area, ap_voc07, devkit_iou, evaluate_voc
@@ -97,3 +98,22 @@ def test_coco_crowd_ground_truth_is_ignored():
     stats, _ = evaluate_coco(g, [{"image_id": 1, "category_id": 5, "bbox": [10, 10, 50, 50], "score": .9},
                                  {"image_id": 1, "category_id": 5, "bbox": [70, 70, 20, 20], "score": .95}])
     assert stats["coco_map"] == pytest.approx(1.0)
+
+
+def test_batch_detections_scale_each_image_back_to_its_original_size():
+    from detection.evaluate import batch_detections
+
+    images = [torch.zeros(3, 100, 200), torch.zeros(3, 50, 40), torch.zeros(3, 60, 60)]
+    targets = [{"image_id": "a", "orig_size": (200, 300)}, {"image_id": "b", "orig_size": (100, 40)},
+               {"image_id": "c", "orig_size": (60, 60)}]
+    preds = [{"boxes": torch.tensor([[10., 20., 30., 40.], [0., 0., 200., 100.]]), "scores": torch.tensor([0.9, 0.25]),
+              "labels": torch.tensor([3, 1])},
+             {"boxes": torch.tensor([[4., 5., 6., 7.]]), "scores": torch.tensor([0.5]), "labels": torch.tensor([20])},
+             {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}]
+    got = batch_detections(images, targets, preds)
+    # image a: width 200 -> 300 (x 1.5), height 100 -> 200 (x 2); image b: width 40 -> 40, height 50 -> 100 (x 2)
+    assert [d["image_id"] for d in got] == ["a", "a", "b"]
+    assert [d["label"] for d in got] == [2, 0, 19]
+    assert [d["score"] for d in got] == pytest.approx([0.9, 0.25, 0.5])
+    assert [d["box"] for d in got] == [[15., 40., 45., 80.], [0., 0., 300., 200.], [4., 10., 6., 14.]]
+    assert batch_detections(images[2:], targets[2:], preds[2:]) == []

@@ -106,3 +106,58 @@ def test_reduce_sums_the_matrices_of_two_ranks():
         p.join(timeout=60)
         assert p.exitcode == 0
     assert got[0] == got[1] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+
+
+def _loop_reference(pred, target, k, ignore):
+    ref = np.zeros((k, k), dtype=np.int64)
+    for t, p in zip(target.ravel().tolist(), pred.ravel().tolist()):
+        if t != ignore:
+            ref[t, p] += 1
+    return ref
+
+
+@pytest.mark.parametrize("k, ignore, dtype", [
+    (6, 255, np.int64),     # the usual: ignore index past the classes, bins past k*k cut off
+    (6, 255, np.uint8),     # PNG masks: t * k must not overflow uint8
+    (6, 0, np.int64),       # ignore index inside the classes: its pixels dropped first
+    (6, -1, np.int32),      # negative ignore index
+    (6, None, np.int64),    # nothing ignored
+    (300, 255, np.int64),   # more classes than the ignore index
+])
+def test_cpu_and_device_paths_match_a_loop_reference(k, ignore, dtype):
+    rng = np.random.default_rng(k)
+    target = rng.integers(0, k, (3, 11, 7))
+    if ignore is not None:
+        target[rng.random(target.shape) < 0.2] = ignore
+    pred = rng.integers(0, k, target.shape)
+    ref = _loop_reference(pred, target, k, ignore)
+    cpu = ConfusionMatrix(k, ignore)
+    cpu.update(torch.from_numpy(pred.astype(dtype if k < 256 else np.int64)), torch.from_numpy(target.astype(dtype)))
+    assert cpu.matrix.numpy().tolist() == ref.tolist()
+    device = ConfusionMatrix(k, ignore)  # the CUDA path's arithmetic, run on CPU tensors
+    for _ in range(2):
+        device.update_on_device(torch.from_numpy(pred), torch.from_numpy(target))
+    assert device.matrix.numpy().tolist() == (2 * ref).tolist()
+
+
+@pytest.mark.parametrize("pred, target, message", [
+    ([0, 1], [1, 4], "target label 4"),       # between k and the ignore index
+    ([0, 1], [1, 300], "target label 300"),   # past the ignore index
+    ([0, 1], [-2, 1], "target label -2"),
+    ([0, 3], [1, 1], "predicted label 3"),
+    ([-1, 0], [1, 1], "predicted label -1"),
+])
+def test_out_of_range_labels_are_rejected_on_both_paths(pred, target, message):
+    cm = ConfusionMatrix(3, IGN)
+    with pytest.raises(ValueError, match=message):
+        cm.update(torch.tensor(pred), torch.tensor(target))
+    device = ConfusionMatrix(3, IGN)
+    device.update_on_device(torch.tensor(pred), torch.tensor(target))  # counted without a sync...
+    with pytest.raises(ValueError, match="1 pixels have a target or predicted label outside"):
+        device.matrix  # ...and reported when the matrix is read
+
+
+def test_a_prediction_under_an_ignored_pixel_may_be_anything():
+    cm = ConfusionMatrix(3, IGN)
+    cm.update(torch.tensor([7, 1, -4]), torch.tensor([IGN, 1, IGN]))
+    assert cm.matrix.tolist() == [[0, 0, 0], [0, 1, 0], [0, 0, 0]]
