@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from engine.errors import BotError, one_line
+from bot.engine.errors import BotError, one_line
 
 
 class BotGroup(click.Group):
@@ -42,8 +42,8 @@ def run_training_stage(nproc: int, entry: str, **options) -> None:
     (`module:function`); a requested stop (Ctrl-C, SIGTERM) exits 130 after the stage saved its resume state."""
     import importlib
 
-    from engine.launch import relaunch_with_torchrun
-    from engine.loop import Interrupted
+    from bot.engine.launch import relaunch_with_torchrun
+    from bot.engine.loop import Interrupted
 
     if nproc > 1:
         sys.exit(relaunch_with_torchrun(nproc))
@@ -78,7 +78,7 @@ def main():
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other recipe key; repeatable.")
 def pretrain(nproc, **options):
     """Train a classification backbone with the paper's recipe."""
-    run_training_stage(nproc, "pretrain.train:run_from_cli", **options)
+    run_training_stage(nproc, "bot.pretrain.train:run_from_cli", **options)
 
 
 @main.command()
@@ -86,7 +86,7 @@ def pretrain(nproc, **options):
 @click.option("--json", "as_json", is_flag=True, help="Print name, arch, variant, depth, requires, epochs as JSON.")
 def recipes(files, as_json):
     """List the shipped pretrain recipes (and describe recipe FILES given)."""
-    from pretrain.recipes import describe_recipes, recipe_catalogue
+    from bot.pretrain.recipes import describe_recipes, recipe_catalogue
     if as_json:
         import json
         click.echo(json.dumps(recipe_catalogue(files)))
@@ -100,7 +100,7 @@ def recipes(files, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
 def inspect(source, arch, as_json):
     """What bot sees in a checkpoint: FILE (safetensors, .pth/.pt/.bin/.ckpt), a RUN dir, or timm:NAME."""
-    from pretrain.inspect import run_inspect
+    from bot.pretrain.inspect import run_inspect
     click.echo(run_inspect(source, arch, as_json))
 
 
@@ -117,7 +117,7 @@ def inspect(source, arch, as_json):
               "beside each ladder row, deltas against B-standard (resnet50b-standard, the default baseline then).")
 def compare(paths, **options):
     """Compare backbones: join pretrain runs under PATHS (default: runs/) with their fine-tune runs by weights sha256."""
-    from compare.command import run_compare
+    from bot.compare.command import run_compare
     run_compare(list(paths), **options)
 
 
@@ -137,7 +137,7 @@ def compare(paths, **options):
 @click.option("--jobs", type=click.IntRange(min=1), help="Stage runs side by side, each on cores/jobs threads (default: 2 where there are 2 cores).")
 def demo(depth, **options):
     """Pretrain each recipe, fine-tune it for detection and segmentation on synthetic data, and compare (minutes on a CPU)."""
-    from compare.demo import run_demo
+    from bot.compare.demo import run_demo
     run_demo(depth=int(depth), **options)
 
 
@@ -156,7 +156,7 @@ def demo(depth, **options):
 def reproduce(**options):
     """The paper's Tables 6, 8 and 9: pretrain each ladder row, fine-tune it for detection and segmentation, compare
     with the published numbers. Re-running skips finished runs and resumes interrupted ones."""
-    from compare.reproduce import run_reproduce
+    from bot.compare.reproduce import run_reproduce
     run_reproduce(**options)
 
 
@@ -185,7 +185,7 @@ def finetune_seg(nproc, image_size, **options):
     if image_size is not None:
         options["base_size"] = options["base_size"] or image_size
         options["crop_size"] = options["crop_size"] or image_size
-    run_training_stage(nproc, "segmentation.train:run_from_cli", **options)
+    run_training_stage(nproc, "bot.segmentation.train:run_from_cli", **options)
 
 
 @main.command("evaluate-seg")
@@ -204,7 +204,7 @@ def finetune_seg(nproc, image_size, **options):
 @click.option("--json", "json_out", type=click.Path(), help="Also write the metrics to this JSON file.")
 def evaluate_seg(**options):
     """Score a segmentation run (or predicted masks) on a split: per-class IoU table, mIoU, pixel accuracy."""
-    from segmentation.evaluate import run_from_cli
+    from bot.segmentation.evaluate import run_from_cli
     run_from_cli(**options)
 
 
@@ -227,7 +227,7 @@ def evaluate_seg(**options):
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other key of detection/defaults.yaml; repeatable.")
 def finetune_detect(nproc, **options):
     """Fine-tune Faster R-CNN (C4 or FPN) on a backbone checkpoint; VOC07/VOC/COCO box AP."""
-    run_training_stage(nproc, "detection.train:run_from_cli", **options)
+    run_training_stage(nproc, "bot.detection.train:run_from_cli", **options)
 
 
 @main.command("evaluate-detect")
@@ -243,7 +243,7 @@ def finetune_detect(nproc, **options):
 @click.option("--out", type=click.Path(), help="Also write the metrics and per-class APs to this JSON file.")
 def evaluate_detect(**options):
     """Score detections (or a finetuned detector) on a VOC or COCO split: per-class AP, VOC07/VOC/COCO means."""
-    from detection.evaluate import run_evaluate_cli
+    from bot.detection.evaluate import run_evaluate_cli
     run_evaluate_cli(**options)
 
 

@@ -16,13 +16,13 @@ import warnings
 import numpy as np
 import torch
 
-from detection.evaluate import batch_detections
-from detection.metrics_coco import evaluate_coco
-from detection.metrics_voc import evaluate_voc
-from detection.model import build_detector
-from detection.train import HERE
-from engine.config import load_yaml
-from engine.precision import Precision
+from bot.detection.evaluate import batch_detections
+from bot.detection.metrics_coco import evaluate_coco
+from bot.detection.metrics_voc import evaluate_voc
+from bot.detection.model import build_detector
+from bot.detection.train import HERE
+from bot.engine.config import load_yaml
+from bot.engine.precision import Precision
 from results import add_json_option, bare_rate, entry, fit_rate, interleaved, print_table, write_json
 
 

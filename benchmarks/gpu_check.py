@@ -39,9 +39,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.device_pipeline import DevicePipeline  # noqa: E402
-from engine.distributed import DistContext, EpochSampler  # noqa: E402
-from engine.precision import Precision  # noqa: E402
+from bot.engine.device_pipeline import DevicePipeline  # noqa: E402
+from bot.engine.distributed import DistContext, EpochSampler  # noqa: E402
+from bot.engine.precision import Precision  # noqa: E402
 from results import add_json_option, bare_rate, entry, fit_rate, machine, print_table, write_json  # noqa: E402
 
 
@@ -83,7 +83,7 @@ SMOKE = Sizes("cpu", 10, 10, (40, 64), "resnet18d", 32, 5, 2, "resnet18d", 32, 2
 
 # ---- data -----------------------------------------------------------------------------------------------------
 def _write_image(job: tuple) -> None:
-    from synthetic.imagefolder import classification_image
+    from bot.synthetic.imagefolder import classification_image
     path, split, index, label, w, h = job
     small = classification_image(0, split, index, label, 64)
     Image.fromarray(small).resize((w, h), Image.BILINEAR).save(path, quality=90)
@@ -91,7 +91,7 @@ def _write_image(job: tuple) -> None:
 
 def write_jpeg_folder(root: Path, sizes: Sizes) -> Path:
     """train/<class>/*.jpg and val/<class>/*.jpg: shapes scenes upscaled to random ImageNet-like sizes."""
-    from synthetic.shapes import CLASSES
+    from bot.synthetic.shapes import CLASSES
     rng = np.random.default_rng(0)
     jobs = []
     for split, n in (("train", sizes.train_images), ("val", sizes.val_images)):
@@ -140,7 +140,7 @@ def launch(args: list[str], log: Path, threads: int | None = None) -> subprocess
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    return subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=ROOT, env=env, stdout=log.open("w"),
+    return subprocess.Popen([sys.executable, "-m", "bot.cli", *args], cwd=ROOT, env=env, stdout=log.open("w"),
                             stderr=subprocess.STDOUT)
 
 
@@ -194,11 +194,11 @@ def run_stages(sizes: Sizes, data: Path, out: Path, parallel: int) -> dict:
 def classification(sizes: Sizes, data: Path, device: torch.device) -> dict:
     from torchvision import datasets
 
-    from pretrain.backbones import create_backbone
-    from pretrain.data import SeededSplit, TrainCrop, load_rgb
-    from pretrain.optim import build_optimizer
-    from pretrain.tricks import smooth_targets, soft_cross_entropy
-    from pretrain.weights import PAPER_MEAN, PAPER_STD
+    from bot.pretrain.backbones import create_backbone
+    from bot.pretrain.data import SeededSplit, TrainCrop, load_rgb
+    from bot.pretrain.optim import build_optimizer
+    from bot.pretrain.tricks import smooth_targets, soft_cross_entropy
+    from bot.pretrain.weights import PAPER_MEAN, PAPER_STD
 
     torch.manual_seed(0)
     classes = 1000
@@ -288,11 +288,11 @@ def classification(sizes: Sizes, data: Path, device: torch.device) -> dict:
 
 # ---- (c) detection and segmentation ---------------------------------------------------------------------------
 def downstream(sizes: Sizes, device: torch.device) -> dict:
-    from detection.model import build_detector
-    from detection.train import HERE as DETECTION
-    from engine.config import load_yaml
-    from segmentation.models import build_model
-    from segmentation.train import segmentation_loss
+    from bot.detection.model import build_detector
+    from bot.detection.train import HERE as DETECTION
+    from bot.engine.config import load_yaml
+    from bot.segmentation.models import build_model
+    from bot.segmentation.train import segmentation_loss
 
     precision = Precision(sizes.precision, device)
     g = torch.Generator().manual_seed(0)

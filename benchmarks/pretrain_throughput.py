@@ -24,15 +24,15 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import datasets, transforms
 
-from engine.device_pipeline import DevicePipeline
-from engine.precision import Precision
-from pretrain.backbones import create_backbone
-from pretrain.data import SeededSplit, TrainCrop, load_rgb
-from pretrain.optim import build_optimizer
-from pretrain.tricks import smooth_targets, soft_cross_entropy
-from pretrain.weights import PAPER_MEAN, PAPER_STD
+from bot.engine.device_pipeline import DevicePipeline
+from bot.engine.precision import Precision
+from bot.pretrain.backbones import create_backbone
+from bot.pretrain.data import SeededSplit, TrainCrop, load_rgb
+from bot.pretrain.optim import build_optimizer
+from bot.pretrain.tricks import smooth_targets, soft_cross_entropy
+from bot.pretrain.weights import PAPER_MEAN, PAPER_STD
 from results import add_json_option, bare_rate, entry, fit_rate, interleaved, machine, print_table, write_json
-from synthetic.imagefolder import write_imagefolder
+from bot.synthetic.imagefolder import write_imagefolder
 
 
 def bare_loop(model, optimizer, precision, batch, steps, device):

@@ -96,10 +96,10 @@ def fit_rate(model, optimizer, precision, train_step: Callable, batch, steps: in
     With `warmup` > 0 the clock starts after that many steps (synchronised), so one-off costs (cudnn autotuning,
     torch.compile, worker start-up, filling the prefetch queue) stay out of the rate.
     """
-    from engine.distributed import DistContext
-    from engine.loop import fit
-    from engine.rundir import RunDir
-    from engine.schedules import Schedule
+    from bot.engine.distributed import DistContext
+    from bot.engine.loop import fit
+    from bot.engine.rundir import RunDir
+    from bot.engine.schedules import Schedule
 
     total = steps if loader is None else len(loader)
     clock = {}

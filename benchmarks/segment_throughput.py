@@ -19,11 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.precision import Precision
+from bot.engine.precision import Precision
 from results import add_json_option, bare_rate, entry, fit_rate, interleaved, print_table, write_json
-from segmentation.metrics import ConfusionMatrix
-from segmentation.models import build_model
-from segmentation.train import segmentation_loss
+from bot.segmentation.metrics import ConfusionMatrix
+from bot.segmentation.models import build_model
+from bot.segmentation.train import segmentation_loss
 
 IGNORE = 255
 

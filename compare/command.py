@@ -6,8 +6,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from engine.errors import BotError
-from engine.rundir import atomic_write_text, check_output_file
+from bot.engine.errors import BotError
+from bot.engine.rundir import atomic_write_text, check_output_file
 
 from .discover import Discovery, discover
 from .join import Comparison, join

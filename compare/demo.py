@@ -18,8 +18,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from engine.errors import BotError
-from engine.launch import bot_argv
+from bot.engine.errors import BotError
+from bot.engine.launch import bot_argv
 
 DEFAULT_RECIPES = "resnet50b-standard,resnet50d"  # the first two rows of the paper's ladder (Tables 8 and 9)
 # Demo scale per stage, on top of each stage's own synthetic defaults: pretrain 12 epochs per 120 of the recipe's

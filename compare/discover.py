@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from engine.errors import BotError
+from bot.engine.errors import BotError
 
 MARKERS = ("summary.json", "config.yaml", "metrics.jsonl", "last.ckpt")
 TASKS = ("pretrain", "detect", "segment")
@@ -120,7 +120,7 @@ def read_run(path: Path, out: Discovery) -> None:
             out.warnings.append(f"{path / 'config.yaml'}: unreadable ({str(e).splitlines()[0]}); using summary.json only")
     backbone = dict(summary.get("backbone") or {})
     if summary["task"] == "pretrain" and not backbone.get("sha256") and (path / "model.safetensors").exists():
-        from engine.rundir import sha256_file
+        from bot.engine.rundir import sha256_file
         backbone["sha256"] = sha256_file(path / "model.safetensors")
     out.runs.append(Run(path, summary["task"], dict(summary["metrics"]), backbone, summary, config))
 

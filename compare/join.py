@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.errors import BotError
+from bot.engine.errors import BotError
 
 from .discover import Run, unique_names
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from engine.config import load_yaml
+from bot.engine.config import load_yaml
 
 from .join import Comparison, set_baseline
 

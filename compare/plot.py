@@ -13,8 +13,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from engine.errors import BotError  # noqa: E402
-from engine.rundir import atomic_write_bytes  # noqa: E402
+from bot.engine.errors import BotError  # noqa: E402
+from bot.engine.rundir import atomic_write_bytes  # noqa: E402
 
 from .join import Comparison  # noqa: E402
 from .render import row_label  # noqa: E402

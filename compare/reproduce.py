@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import BotError
+from bot.engine.errors import BotError
 
 from .demo import (DEMO_ARGS, STAGE_DIRS, Step, console, demo_arch, demo_epochs, recipe_info, run_steps,
                    run_subprocess, split_args)

@@ -17,8 +17,8 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
 
-from engine.errors import BotError
-from pretrain.weights import BackboneInfo, load_backbone
+from bot.engine.errors import BotError
+from bot.pretrain.weights import BackboneInfo, load_backbone
 
 from .stages import set_trainable
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from engine.distributed import EpochSampler, seeded_sample
-from engine.errors import BotError
-from engine.images import check_all, read_rgb, verify
-from engine.progress import report
+from bot.engine.distributed import EpochSampler, seeded_sample
+from bot.engine.errors import BotError
+from bot.engine.images import check_all, read_rgb, verify
+from bot.engine.progress import report
 
 from . import transforms as T
 from .data_coco import load_coco
@@ -41,13 +41,13 @@ def resolve_data(spec, train_sets, val_set, synthetic: dict | None) -> tuple[str
     kind, path = parse_spec(spec)
     if kind == "synthetic":
         layout = path or "voc"
-        from engine.config import load_yaml
+        from bot.engine.config import load_yaml
         p = dict(load_yaml(HERE / "defaults.yaml")["data"]["synthetic"], **(synthetic or {}))
         if layout == "voc":
-            from synthetic.voc import synthetic_voc
+            from bot.synthetic.voc import synthetic_voc
             root = synthetic_voc(n_train=p["n_train"], n_test=p["n_test"], size=p["size"], seed=p["seed"])
         else:
-            from synthetic.coco import synthetic_coco
+            from bot.synthetic.coco import synthetic_coco
             root = synthetic_coco(n_train=p["n_train"], n_val=p["n_test"], size=p["size"], seed=p["seed"])
         key, kind = f"synthetic:{layout}", layout
     else:

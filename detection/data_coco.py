@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.errors import BotError
+from bot.engine.errors import BotError
 
 from .records import ImageRecord, Split, clip_and_filter
 

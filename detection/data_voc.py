@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.errors import BotError
-from engine.images import IMAGE_EXTENSIONS, is_image_file
+from bot.engine.errors import BotError
+from bot.engine.images import IMAGE_EXTENSIONS, is_image_file
 
 from .records import ImageRecord, Split, clip_and_filter, voc_to_coco_gt
 

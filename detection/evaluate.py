@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from engine.errors import BotError
-from engine.rundir import atomic_write_text, check_output_file
+from bot.engine.errors import BotError
+from bot.engine.rundir import atomic_write_text, check_output_file
 
 from .metrics_coco import evaluate_coco
 from .metrics_voc import evaluate_voc
@@ -27,7 +27,7 @@ def predict(model, dataset, ctx, batch_size: int = 4, workers: int = 0) -> tuple
     ranks; and this rank's images per second."""
     from torch.utils.data import DataLoader
 
-    from engine.distributed import ShardSampler
+    from bot.engine.distributed import ShardSampler
 
     from .data import collate
 
@@ -178,7 +178,7 @@ def run_evaluate_cli(data=None, val_set=None, detections=None, weights=None, dev
     check_output_file(out, "--out")
     meta = None
     if weights is not None:
-        from engine.distributed import setup
+        from bot.engine.distributed import setup
 
         from .model import load_detector
         model, meta = load_detector(weights)

@@ -21,9 +21,9 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from engine.errors import BotError
-from engine.weights_file import load_tensors, read_metadata, write_weights
-from pretrain.weights import BackboneInfo, is_arch_name, load_backbone
+from bot.engine.errors import BotError
+from bot.engine.weights_file import load_tensors, read_metadata, write_weights
+from bot.pretrain.weights import BackboneInfo, is_arch_name, load_backbone
 
 from .stages import STAGES, set_trainable  # noqa: F401  (re-exported: tests and the C4 builder use them)
 
@@ -113,7 +113,7 @@ def build_detector(backbone: str | Path, num_classes: int, cfg: dict, min_size: 
 
 def c4_config(cfg: dict) -> dict:
     """The `model.c4` block, defaults.yaml's values under whatever the config sets."""
-    from engine.config import load_yaml
+    from bot.engine.config import load_yaml
 
     base = load_yaml(Path(__file__).with_name("defaults.yaml"))["model"]["c4"]
     unknown = set(cfg.get("c4") or {}) - set(base)

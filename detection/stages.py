@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from engine.errors import BotError
+from bot.engine.errors import BotError
 
 STAGES = ("layer4", "layer3", "layer2", "layer1", "stem")  # trainable_stages=k unfreezes the first k of these
 

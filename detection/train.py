@@ -11,13 +11,13 @@ from pathlib import Path
 
 import torch
 
-from engine.config import load_yaml, overlay
-from engine.distributed import EpochSampler, broadcast_object
-from engine.errors import BotError
-from engine.precision import Precision
-from engine.schedules import Schedule, scaled_lr
-from engine.stage import Session, StageDef, fresh_config, launch, run_config
-from pretrain.weights import is_arch_name
+from bot.engine.config import load_yaml, overlay
+from bot.engine.distributed import EpochSampler, broadcast_object
+from bot.engine.errors import BotError
+from bot.engine.precision import Precision
+from bot.engine.schedules import Schedule, scaled_lr
+from bot.engine.stage import Session, StageDef, fresh_config, launch, run_config
+from bot.pretrain.weights import is_arch_name
 
 from .data import AspectBatchSampler, DetectionDataset, check_val, collate, load_split, parse_spec, resolve_data
 from .evaluate import predict, score, write_detections
@@ -43,7 +43,7 @@ def defaults(options: dict, sets=()) -> dict:
 
 
 def schema() -> dict:
-    from engine.config import read_schema
+    from bot.engine.config import read_schema
     return read_schema(HERE / "schema.yaml", load_yaml(HERE / "defaults.yaml"))
 
 
@@ -58,7 +58,7 @@ def check(cfg: dict) -> None:
 def cache_dir(cfg: dict):
     if parse_spec(cfg["data"]["spec"])[0] != "synthetic":
         return None
-    from synthetic.cache import cache_root
+    from bot.synthetic.cache import cache_root
     return cache_root()
 
 

@@ -1,15 +1,15 @@
 """Starting bot in another process: `--nproc N` (torchrun) and the stage runs of `bot demo` / `bot reproduce`.
 
-A child is started as `python -P -m cli` (Python >= 3.11; on 3.10 an equivalent `-c` that drops the working
-directory from sys.path): plain `python -m cli` would put the working directory first on sys.path, so a user's own
-`cli.py` (or `engine/`) there would run instead of bot's.
+A child is started as `python -P -m bot.cli` (Python >= 3.11; on 3.10 an equivalent `-c` that drops the working
+directory from sys.path): plain `python -m bot.cli` would put the working directory first on sys.path, so a user's
+own `bot/` folder there would run instead of bot's.
 """
 from __future__ import annotations
 
 import os
 import sys
 
-ENTRY = "cli"
+ENTRY = "bot.cli"
 
 
 def bot_argv() -> list[str]:

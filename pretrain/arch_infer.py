@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import timm
 import torch
 
-from engine.errors import BotError
+from bot.engine.errors import BotError
 
 from .backbones import DEPTHS, parse_arch
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from engine.errors import BotError
-from engine.rundir import sha256_file
-from engine.weights_file import Metadata, is_safetensors, load_tensors, read_metadata
+from bot.engine.errors import BotError
+from bot.engine.rundir import sha256_file
+from bot.engine.weights_file import Metadata, is_safetensors, load_tensors, read_metadata
 
 from .arch_infer import check_fits, infer_arch, normalise_keys
 from .backbones import parse_arch

@@ -19,11 +19,11 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from engine.device_pipeline import PCA_EIGVAL, PCA_EIGVEC, DevicePipeline, lighting_alphas
-from engine.distributed import DistContext, EpochSampler, ShardSampler, seeded_sample
-from engine.errors import BotError
-from engine.images import IMAGE_EXTENSIONS, check_all, is_image_file, read_rgb, verify
-from engine.progress import report
+from bot.engine.device_pipeline import PCA_EIGVAL, PCA_EIGVEC, DevicePipeline, lighting_alphas
+from bot.engine.distributed import DistContext, EpochSampler, ShardSampler, seeded_sample
+from bot.engine.errors import BotError
+from bot.engine.images import IMAGE_EXTENSIONS, check_all, is_image_file, read_rgb, verify
+from bot.engine.progress import report
 
 from .weights import PAPER_MEAN, PAPER_STD
 

@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-from engine.errors import BotError
+from bot.engine.errors import BotError
 
 FILENAMES = ("model.safetensors", "pytorch_model.bin")
 _REPO_DIR = re.compile(r"^models--(.+?)--(.+)$")
@@ -27,7 +27,7 @@ def hub_cache_dir() -> Path:
 
 def timm_pretrained_cfg(name: str):
     """timm's pretrained config for `name` (arch or arch.tag), or None when timm has none."""
-    import pretrain.backbones  # noqa: F401  bot's own A/C names are timm models too
+    import bot.pretrain.backbones  # noqa: F401  bot's own A/C names are timm models too
     from timm.models import get_pretrained_cfg
 
     try:

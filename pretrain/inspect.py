@@ -11,9 +11,9 @@ import json
 import timm
 import torch
 
-from engine.errors import BotError
-from engine.rundir import sha256_file
-from engine.weights_file import is_safetensors, load_tensors, read_metadata
+from bot.engine.errors import BotError
+from bot.engine.rundir import sha256_file
+from bot.engine.weights_file import is_safetensors, load_tensors, read_metadata
 
 from .checkpoints import WEIGHTS_NAME, read_checkpoint, resolve_path
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from engine.config import load_yaml, migrate, read_schema
-from engine.errors import BotError
+from bot.engine.config import load_yaml, migrate, read_schema
+from bot.engine.errors import BotError
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 META_KEYS = ("base", "description", "requires")

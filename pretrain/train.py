@@ -12,13 +12,13 @@ from pathlib import Path
 
 import torch
 
-from engine import distributed as dist
-from engine.errors import BotError
-from engine.loop import unwrap
-from engine.precision import Precision
-from engine.progress import report
-from engine.schedules import Schedule, scaled_lr
-from engine.stage import Session, StageDef, launch, run_config
+from bot.engine import distributed as dist
+from bot.engine.errors import BotError
+from bot.engine.loop import unwrap
+from bot.engine.precision import Precision
+from bot.engine.progress import report
+from bot.engine.schedules import Schedule, scaled_lr
+from bot.engine.stage import Session, StageDef, launch, run_config
 
 from .backbones import create_backbone, parse_arch
 from .data import build_datasets, build_loaders, check_val
@@ -69,7 +69,7 @@ def upgrade(cfg: dict) -> None:
 def cache_dir(cfg: dict):
     if cfg["data"]["path"] is not None:
         return None
-    from synthetic.cache import cache_root
+    from bot.synthetic.cache import cache_root
     return cache_root()
 
 
@@ -80,7 +80,7 @@ STAGE = StageDef(task="pretrain", command="pretrain", option_keys=OPTION_KEYS, d
 
 def resolve_config(recipe: str | None = None, sets=(), **options) -> dict:
     """The checked config a fresh run would use (tests and `bot reproduce` plan with it)."""
-    from engine.stage import fresh_config
+    from bot.engine.stage import fresh_config
     return fresh_config(STAGE, {"recipe": recipe, **options}, sets)
 
 
@@ -99,7 +99,7 @@ def train_session(session: Session) -> dict:
     seed = session.seed
     torch.manual_seed(seed)
     if d["path"] is None:
-        from synthetic.imagefolder import synthetic_imagefolder
+        from bot.synthetic.imagefolder import synthetic_imagefolder
         root = synthetic_imagefolder(**d["synthetic"])
     else:
         root = Path(d["path"])

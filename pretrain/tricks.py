@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engine.device_pipeline import mixup, sample_beta
+from bot.engine.device_pipeline import mixup, sample_beta
 
 __all__ = ["smooth_targets", "soft_cross_entropy", "mixup", "sample_beta", "distillation_loss"]
 

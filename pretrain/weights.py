@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.errors import BotError
-from engine.weights_file import write_weights
+from bot.engine.errors import BotError
+from bot.engine.weights_file import write_weights
 
 from .backbones import create_backbone, parse_arch
 from .checkpoints import WEIGHTS_NAME, Checkpoint, read_checkpoint  # noqa: F401  WEIGHTS_NAME: re-exported for pretrain.train

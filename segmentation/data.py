@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.distributed import seeded_sample
-from engine.errors import BotError
-from engine.images import IMAGE_EXTENSIONS, check_all, decode, is_image_file, open_image, read_rgb
-from engine.progress import report
+from bot.engine.distributed import seeded_sample
+from bot.engine.errors import BotError
+from bot.engine.images import IMAGE_EXTENSIONS, check_all, decode, is_image_file, open_image, read_rgb
+from bot.engine.progress import report
 
 ADE_IGNORE = 255
 INDEX_MODES = ("L", "P", "I", "I;16")  # single-channel modes whose values are class indices
@@ -82,7 +82,7 @@ def parse_data(spec: str | None, num_classes: int | None = None, ignore_index: i
     """`ade20k:PATH`, `folder:PATH` or None/"synthetic" (the cached shapes set in the ADE20K layout, built with
     `synthetic` = {train, val, size} if given)."""
     if spec in (None, "", "synthetic"):
-        from synthetic.ade20k import synthetic_ade20k
+        from bot.synthetic.ade20k import synthetic_ade20k
         src = parse_data(f"ade20k:{synthetic_ade20k(**(synthetic or {}))}", num_classes, ignore_index, class_names_file)
         src.name = "synthetic-shapes-ade20k"
         return src
@@ -116,7 +116,7 @@ def parse_data(spec: str | None, num_classes: int | None = None, ignore_index: i
 
 
 def default_config() -> dict:
-    from engine.config import load_yaml
+    from bot.engine.config import load_yaml
     return load_yaml(Path(__file__).with_name("defaults.yaml"))
 
 

@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.distributed import DistContext, ShardSampler, setup
-from engine.errors import BotError
-from engine.images import decode
-from engine.rundir import atomic_write_text, check_output_file, check_output_folder
-from engine.weights_file import load_tensors, write_weights
+from bot.engine.distributed import DistContext, ShardSampler, setup
+from bot.engine.errors import BotError
+from bot.engine.images import decode
+from bot.engine.rundir import atomic_write_text, check_output_file, check_output_folder
+from bot.engine.weights_file import load_tensors, write_weights
 
 from .data import INDEX_MODES, SegDataset, SegSource, list_masks, list_pairs, read_mask
 from .metrics import ConfusionMatrix, classes_scored, per_class_table

@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from engine.distributed import DistContext, all_reduce_sum
+from bot.engine.distributed import DistContext, all_reduce_sum
 
 
 class ConfusionMatrix:

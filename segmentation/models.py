@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.segmentation.fcn import FCNHead
 
-import pretrain.backbones  # noqa: F401  registers the A/C variants with timm, which smp's tu- encoder needs
-from engine.errors import BotError
-from pretrain.weights import BackboneInfo, load_backbone
+import bot.pretrain.backbones  # noqa: F401  registers the A/C variants with timm, which smp's tu- encoder needs
+from bot.engine.errors import BotError
+from bot.pretrain.weights import BackboneInfo, load_backbone
 
 SMP_HEADS = {"deeplabv3": "DeepLabV3", "deeplabv3plus": "DeepLabV3Plus", "fpn": "FPN", "unet": "Unet",
              "upernet": "UPerNet", "pspnet": "PSPNet", "pan": "PAN", "manet": "MAnet", "linknet": "Linknet",

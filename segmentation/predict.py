@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engine.errors import BotError
+from bot.engine.errors import BotError
 
 PAD_MULTIPLE = 32  # every head's input must be divisible by its deepest stride
 

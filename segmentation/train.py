@@ -13,14 +13,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from engine.config import load_yaml
-from engine.errors import BotError
-from engine.precision import Precision
-from engine.progress import report
-from engine.rundir import atomic_write_text
-from engine.schedules import Schedule
-from engine.stage import Session, StageDef, fresh_config, launch, run_config
-from engine import distributed as dist
+from bot.engine.config import load_yaml
+from bot.engine.errors import BotError
+from bot.engine.precision import Precision
+from bot.engine.progress import report
+from bot.engine.rundir import atomic_write_text
+from bot.engine.schedules import Schedule
+from bot.engine.stage import Session, StageDef, fresh_config, launch, run_config
+from bot.engine import distributed as dist
 
 from .data import SegDataset, check_splits, default_config, list_pairs, source_from_config
 from .evaluate import confusion, ms_options, save_segmenter
@@ -47,7 +47,7 @@ def defaults(options: dict, sets=()) -> dict:
 
 
 def schema() -> dict:
-    from engine.config import read_schema
+    from bot.engine.config import read_schema
     return read_schema(HERE / "schema.yaml", default_config())
 
 
@@ -75,7 +75,7 @@ def upgrade(cfg: dict) -> None:
 def cache_dir(cfg: dict):
     if cfg["data"]["spec"]:
         return None
-    from synthetic.cache import cache_root
+    from bot.synthetic.cache import cache_root
     return cache_root()
 
 

@@ -20,7 +20,7 @@ def _private_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_imagefolder(tmp_path_factory):
     """10 classes x 8 train / 4 val images of 32 px from the shapes world."""
-    from synthetic.imagefolder import write_imagefolder
+    from bot.synthetic.imagefolder import write_imagefolder
 
     root = tmp_path_factory.mktemp("shapes32")
     write_imagefolder(root, {"train": 8, "val": 4}, size=32, seed=0)

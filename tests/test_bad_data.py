@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli import main
+from bot.cli import main
 from data_files import coco_set, pretrain_set, png_header_only, rgb, seg_set, truncate, voc_set
 
 RESULT_FILES = ("summary.json", "model.safetensors", "scores.json")

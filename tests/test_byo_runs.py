@@ -12,8 +12,8 @@ import torchvision
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from cli import main
-from engine.rundir import sha256_file
+from bot.cli import main
+from bot.engine.rundir import sha256_file
 
 DETECT_TINY = ["--epochs", "1", "--image-size", "64", "--batch-size", "4", "--set", "data.synthetic.n_train=8",
                "--set", "data.synthetic.n_test=4", "--set", "data.synthetic.size=64", "--set", "train.warmup_iters=1"]

@@ -10,13 +10,13 @@ import torchvision
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from cli import main
-from engine.errors import BotError
-from engine.rundir import sha256_file
-from pretrain.arch_infer import check_fits, infer_arch
-from pretrain.checkpoints import read_checkpoint
-from pretrain.weights import load_backbone, save_classifier
-from pretrain.backbones import create_backbone
+from bot.cli import main
+from bot.engine.errors import BotError
+from bot.engine.rundir import sha256_file
+from bot.pretrain.arch_infer import check_fits, infer_arch
+from bot.pretrain.checkpoints import read_checkpoint
+from bot.pretrain.weights import load_backbone, save_classifier
+from bot.pretrain.backbones import create_backbone
 
 IMAGENET = (0.485, 0.456, 0.406)
 

@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from cli import main
-from compare.command import build
-from compare.discover import unique_names
-from compare.join import join
-from compare.plot import write_plot
-from compare.render import print_terminal, to_csv, to_json, to_markdown
+from bot.cli import main
+from bot.compare.command import build
+from bot.compare.discover import unique_names
+from bot.compare.join import join
+from bot.compare.plot import write_plot
+from bot.compare.render import print_terminal, to_csv, to_json, to_markdown
 from compare_fixtures import make_run
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64

@@ -10,10 +10,10 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from cli import main
-from compare.demo import plan, resolve_recipes, run_demo
+from bot.cli import main
+from bot.compare.demo import plan, resolve_recipes, run_demo
 from compare_fixtures import make_run
-from engine.errors import BotError
+from bot.engine.errors import BotError
 
 
 def test_resolve_recipes():
@@ -31,7 +31,7 @@ def test_plan_keeps_each_recipes_variant(tmp_path):
         ("pretrain", "baseline"), ("finetune-detect", "baseline"), ("finetune-seg", "baseline"),
         ("pretrain", "resnet50d"), ("finetune-detect", "resnet50d"), ("finetune-seg", "resnet50d")]
     pre = steps[0].argv(resume=False)
-    from engine.launch import bot_argv
+    from bot.engine.launch import bot_argv
     assert pre[:len(bot_argv()) + 1] == [*bot_argv(), "pretrain"]
     assert pre[pre.index("--arch") + 1] == "resnet18a"             # baseline is ResNet-50-A in the paper
     assert steps[3].args[steps[3].args.index("--arch") + 1] == "resnet18d"
@@ -66,7 +66,7 @@ class FakeStages:
         self.backbones = {}     # run dir -> --backbone it was started with (a resumed run keeps it, like config.yaml)
 
     def __call__(self, argv, log=None, threads=None):
-        from engine.launch import bot_argv
+        from bot.engine.launch import bot_argv
         if log is not None:
             self.logs.append((log, threads))
         argv = argv[len(bot_argv()) - 3:]  # as if started as [python, -m, cli, ...]
@@ -156,7 +156,7 @@ def test_demo_cli_bad_recipe(tmp_path):
 def test_demo_toy_scale_end_to_end(tmp_path, monkeypatch):
     """The real stages, each in its own process, at toy scale (one recipe, to keep it to seconds; the fake runner
     above covers several): the table joins what they wrote, and a second run finds everything finished."""
-    from synthetic.imagefolder import write_imagefolder
+    from bot.synthetic.imagefolder import write_imagefolder
     cls_root = tmp_path / "cls"
     write_imagefolder(cls_root, {"train": 2, "val": 1}, size=32, seed=0)
     monkeypatch.setenv("BOT_CACHE", str(tmp_path / "cache"))
@@ -188,7 +188,7 @@ def test_demo_toy_scale_end_to_end(tmp_path, monkeypatch):
 
 
 def test_demo_defaults_to_the_ladders_first_rows_and_keeps_each_recipes_epoch_ratio(tmp_path):
-    from compare.demo import DEFAULT_RECIPES
+    from bot.compare.demo import DEFAULT_RECIPES
     assert resolve_recipes(DEFAULT_RECIPES) == ["resnet50b-standard", "resnet50d"]
     steps = plan(["resnet50b-standard", "resnet50d-mixup"], tmp_path)
     pre = [s for s in steps if s.stage == "pretrain"]

@@ -9,10 +9,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from cli import main
-from compare.command import build
-from compare.paper import paper_table
-from compare.render import to_csv, to_json, to_markdown
+from bot.cli import main
+from bot.compare.command import build
+from bot.compare.paper import paper_table
+from bot.compare.render import to_csv, to_json, to_markdown
 from compare_fixtures import make_run
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64
@@ -76,7 +76,7 @@ def test_every_format_carries_the_paper(ladder, tmp_path):
 
 
 def test_hollow_paper_points_in_the_plot(ladder, tmp_path, monkeypatch):
-    import compare.plot as plot
+    import bot.compare.plot as plot
     drawn = []
     real = plot.plt.Axes.scatter
 

@@ -9,13 +9,13 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from cli import main
-from detection.c4 import C4BoxHead, C4Trunk
-from detection.model import SYNTHETIC_DETECTOR, build_detector, resolve_detector
-from detection.train import resolve_config
-from engine.errors import BotError
-from pretrain.backbones import create_backbone
-from pretrain.weights import save_classifier
+from bot.cli import main
+from bot.detection.c4 import C4BoxHead, C4Trunk
+from bot.detection.model import SYNTHETIC_DETECTOR, build_detector, resolve_detector
+from bot.detection.train import resolve_config
+from bot.engine.errors import BotError
+from bot.pretrain.backbones import create_backbone
+from bot.pretrain.weights import save_classifier
 
 C4 = {"detector": "c4", "norm": "frozen", "trainable_stages": 3}
 
@@ -115,8 +115,8 @@ def test_explicit_choices_win_and_bad_ones_are_refused():
 
 
 def test_c4_trains_on_difficult_objects_when_asked(tmp_path):
-    from detection.data import DetectionDataset
-    from detection.records import ImageRecord, Split
+    from bot.detection.data import DetectionDataset
+    from bot.detection.records import ImageRecord, Split
     from PIL import Image
 
     import numpy as np

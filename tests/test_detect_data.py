@@ -8,12 +8,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli import main
-from detection.data import AspectBatchSampler, DetectionDataset, load_split
-from detection.data_coco import load_coco
-from detection.data_voc import load_voc
-from engine.distributed import DistContext, EpochSampler
-from engine.errors import BotError
+from bot.cli import main
+from bot.detection.data import AspectBatchSampler, DetectionDataset, load_split
+from bot.detection.data_coco import load_coco
+from bot.detection.data_voc import load_voc
+from bot.engine.distributed import DistContext, EpochSampler
+from bot.engine.errors import BotError
 
 
 def obj(name, box, difficult=0):
@@ -95,8 +95,8 @@ def test_coco_category_mapping_and_crowd(tmp_path):
 
 def test_synthetic_writers_agree(tmp_path, monkeypatch):
     monkeypatch.setenv("BOT_CACHE", str(tmp_path))
-    from synthetic.coco import synthetic_coco
-    from synthetic.voc import synthetic_voc
+    from bot.synthetic.coco import synthetic_coco
+    from bot.synthetic.voc import synthetic_voc
     voc = load_voc(synthetic_voc(n_train=4, n_test=3, size=48), "2007-test")
     coco = load_coco(synthetic_coco(n_train=2, n_val=3, size=48), "val")
     assert len(voc) == 3 and len(coco) == 3 and voc.classes == coco.classes
@@ -175,7 +175,7 @@ def test_detections_file_checked_against_the_split(tmp_path):
 
 
 def test_data_specs():
-    from detection.data import parse_spec
+    from bot.detection.data import parse_spec
     assert parse_spec(None) == ("synthetic", None) and parse_spec("synthetic:coco") == ("synthetic", "coco")
     assert parse_spec("voc:/d/VOCdevkit") == ("voc", "/d/VOCdevkit")
     with pytest.raises(BotError, match="expected voc:PATH"):

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from detection.metrics_coco import evaluate_coco
-from detection.metrics_voc import ap_area, ap_voc07, devkit_iou, evaluate_voc
+from bot.detection.metrics_coco import evaluate_coco
+from bot.detection.metrics_voc import ap_area, ap_voc07, devkit_iou, evaluate_voc
 
 
 def gt(boxes, labels=None, difficult=None):
@@ -101,7 +101,7 @@ def test_coco_crowd_ground_truth_is_ignored():
 
 
 def test_batch_detections_scale_each_image_back_to_its_original_size():
-    from detection.evaluate import batch_detections
+    from bot.detection.evaluate import batch_detections
 
     images = [torch.zeros(3, 100, 200), torch.zeros(3, 50, 40), torch.zeros(3, 60, 60)]
     targets = [{"image_id": "a", "orig_size": (200, 300)}, {"image_id": "b", "orig_size": (100, 40)},

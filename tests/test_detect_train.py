@@ -9,11 +9,11 @@ import yaml
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from cli import main
-from detection.model import build_detector, resolve_auto
-from engine.rundir import sha256_file
-from pretrain.backbones import create_backbone
-from pretrain.weights import save_classifier
+from bot.cli import main
+from bot.detection.model import build_detector, resolve_auto
+from bot.engine.rundir import sha256_file
+from bot.pretrain.backbones import create_backbone
+from bot.pretrain.weights import save_classifier
 
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
 TINY = ["--epochs", "2", "--image-size", "64", "--batch-size", "4", "--set", "data.synthetic.n_train=8",
@@ -119,8 +119,8 @@ def test_resume_mid_epoch_continues_exactly(straight_run, backbone, tmp_path):
     import os
     import signal
 
-    from detection.train import run_from_cli
-    from engine.loop import Interrupted
+    from bot.detection.train import run_from_cli
+    from bot.engine.loop import Interrupted
 
     out = tmp_path / "resumed"
 

@@ -4,10 +4,10 @@ import json
 import pytest
 import torch
 
-from engine.config import apply_sets
-from engine.distributed import DistContext, EpochSampler, ShardSampler, sample_seed, seeded_sample
-from engine.errors import BotError, one_line
-from engine.rundir import RunDir, atomic_write_text
+from bot.engine.config import apply_sets
+from bot.engine.distributed import DistContext, EpochSampler, ShardSampler, sample_seed, seeded_sample
+from bot.engine.errors import BotError, one_line
+from bot.engine.rundir import RunDir, atomic_write_text
 
 
 def test_epoch_sampler_shards_disjointly_and_resumes_mid_epoch():

@@ -12,10 +12,10 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from cli import main
+from bot.cli import main
 from data_files import rgb, seg_set, voc_obj, voc_xml
-from engine.errors import BotError
-from engine.images import high_bit_to_uint8, read_rgb, verify
+from bot.engine.errors import BotError
+from bot.engine.images import high_bit_to_uint8, read_rgb, verify
 
 
 def cli(*args):
@@ -207,7 +207,7 @@ def test_seg_trains_on_16bit_images_and_prints_label_statistics(tmp_path):
         arr = (np.asarray(Image.open(p))[..., 1].astype(np.uint16) * 257)
         Image.fromarray(arr).save(p.with_suffix(".png"))
         p.unlink()
-    from segmentation.data import read_image
+    from bot.segmentation.data import read_image
     first = root / "images" / "train" / "im0.png"
     raw = np.asarray(Image.open(first)).astype(np.int64)
     assert Image.open(first).mode == "I;16"
@@ -224,7 +224,7 @@ def test_seg_trains_on_16bit_images_and_prints_label_statistics(tmp_path):
 
 
 def test_seg_label_rules():
-    from segmentation.data import SegSource, label_problem
+    from bot.segmentation.data import SegSource, label_problem
 
     src = SegSource("folder", "x", None, 3, 255, ["a", "b", "c"])
     assert label_problem(np.array([50, 0, 30, 20]), src) is None          # c... b empty, 20% ignored: a warning only

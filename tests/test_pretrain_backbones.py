@@ -6,7 +6,7 @@ import timm
 import torch
 from torch import nn
 
-from pretrain.backbones import BottleneckA, count_macs, create_backbone, last_block_norms, parse_arch
+from bot.pretrain.backbones import BottleneckA, count_macs, create_backbone, last_block_norms, parse_arch
 
 
 @pytest.mark.parametrize("arch,gmacs", [("resnet50a", 3.8), ("resnet50b", 4.1), ("resnet50c", 4.3), ("resnet50d", 4.3)])

@@ -4,8 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.device_pipeline import DevicePipeline
-from pretrain.data import (PCA_EIGVAL, PCA_EIGVEC, Lighting, SeededSplit, build_datasets, image_folder, train_transform,
+from bot.engine.device_pipeline import DevicePipeline
+from bot.pretrain.data import (PCA_EIGVAL, PCA_EIGVEC, Lighting, SeededSplit, build_datasets, image_folder, train_transform,
                            val_resize)
 
 CFG = dict(image_size=32, scale=[0.08, 1.0], ratio=[0.75, 4 / 3], color_jitter=0.4, pca_noise=0.1)

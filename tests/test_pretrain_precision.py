@@ -1,7 +1,7 @@
 """Mixed precision keeps fp32 master weights: autocast casts activations only, GradScaler scales the loss."""
 import torch
 
-from engine.precision import Precision
+from bot.engine.precision import Precision
 
 
 def _step(mode):

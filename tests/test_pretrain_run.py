@@ -15,13 +15,13 @@ import yaml
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-import pretrain.train as pt
-from cli import main
-from engine.errors import BotError
-from engine.loop import Interrupted
-from engine.rundir import SUMMARY_KEYS, sha256_file
-from pretrain.backbones import create_backbone
-from pretrain.weights import load_backbone, save_classifier
+import bot.pretrain.train as pt
+from bot.cli import main
+from bot.engine.errors import BotError
+from bot.engine.loop import Interrupted
+from bot.engine.rundir import SUMMARY_KEYS, sha256_file
+from bot.pretrain.backbones import create_backbone
+from bot.pretrain.weights import load_backbone, save_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,7 +133,7 @@ def test_cli_prints_top1(tiny_imagefolder, tmp_path):
 
 
 def _bad_imagefolder(tmp_path, kind):
-    from synthetic.imagefolder import write_imagefolder
+    from bot.synthetic.imagefolder import write_imagefolder
     root = tmp_path / kind
     write_imagefolder(root, {"train": 2, "val": 1}, size=32, seed=0)
     if kind == "empty-class":
@@ -186,7 +186,7 @@ def test_bad_options_are_one_line_exit_2(tiny_imagefolder, tmp_path):
 
 def test_torchrun_two_cpu_processes(tiny_imagefolder, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cli", "pretrain",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "bot.cli", "pretrain",
            "--data", str(tiny_imagefolder), "--arch", "resnet18d", "--epochs", "1", "--batch-size", "16",
            "--image-size", "32", "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "ddp")]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
@@ -202,7 +202,7 @@ def test_synthetic_scale_keeps_the_recipes_linear_scaling():
     """No --data: every recipe gets batch 32 at its own base_lr scaled linearly (0.1 x 32 / 256), one warmup epoch at
     most, the step milestones of the synthetic schedule and each recipe's epoch ratio (mixup's 200 of 120: 16 ->
     27); --data leaves the recipe as it is."""
-    from engine.schedules import scaled_lr
+    from bot.engine.schedules import scaled_lr
     for recipe, warmup, epochs in (("baseline", 0, 16), ("resnet50b-standard", 0, 16), ("resnet50d", 1, 16),
                                    ("resnet50d-mixup", 1, 27)):
         cfg = pt.resolve_config(recipe)

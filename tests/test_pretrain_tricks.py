@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.schedules import Schedule, scaled_lr
-from pretrain.backbones import create_backbone
-from pretrain.optim import build_optimizer, no_decay_names
-from pretrain.tricks import distillation_loss, mixup, sample_beta, smooth_targets, soft_cross_entropy
+from bot.engine.schedules import Schedule, scaled_lr
+from bot.pretrain.backbones import create_backbone
+from bot.pretrain.optim import build_optimizer, no_decay_names
+from bot.pretrain.tricks import distillation_loss, mixup, sample_beta, smooth_targets, soft_cross_entropy
 
 
 def test_linear_scaling():
@@ -101,7 +101,7 @@ def test_distillation_loss_by_hand():
 
 @pytest.mark.parametrize("epochs, expected", [(120, [30, 60, 90]), (20, [5, 10, 15]), (8, [2, 4, 6])])
 def test_step_milestones_follow_the_epochs(epochs, expected):
-    from pretrain.recipes import load_recipe, milestone_steps
+    from bot.pretrain.recipes import load_recipe, milestone_steps
     fractions = load_recipe("baseline")["schedule"]["milestones"]
     assert milestone_steps(fractions, epochs, 10) == [10 * e for e in expected]
     s = Schedule(lr=0.1, total_steps=epochs * 10, kind="step", milestones=milestone_steps(fractions, epochs, 10))
@@ -109,8 +109,8 @@ def test_step_milestones_follow_the_epochs(epochs, expected):
 
 
 def test_epoch_milestones_are_refused():
-    from engine.errors import BotError
-    from pretrain.recipes import milestone_steps
+    from bot.engine.errors import BotError
+    from bot.pretrain.recipes import milestone_steps
     with pytest.raises(BotError, match="schedule.milestones .*fractions"):
         milestone_steps([30, 60, 90], 120, 10)
 

@@ -8,11 +8,11 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from cli import main
-from compare.reproduce import DataPaths, choose_rows, plan_reproduce, plan_text, run_reproduce
+from bot.cli import main
+from bot.compare.reproduce import DataPaths, choose_rows, plan_reproduce, plan_text, run_reproduce
 from compare_fixtures import make_run
-from engine.errors import BotError
-from engine.launch import bot_argv
+from bot.engine.errors import BotError
+from bot.engine.launch import bot_argv
 
 
 class FakeStages:

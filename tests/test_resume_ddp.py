@@ -12,16 +12,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine.launch import bot_argv
-from pretrain.backbones import create_backbone
-from pretrain.weights import save_classifier
+from bot.engine.launch import bot_argv
+from bot.pretrain.backbones import create_backbone
+from bot.pretrain.weights import save_classifier
 
 TIMEOUT = 400
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from synthetic.imagefolder import write_imagefolder
+    from bot.synthetic.imagefolder import write_imagefolder
     root = tmp_path_factory.mktemp("ddp")
     write_imagefolder(root / "images", {"train": 8, "val": 2}, size=32, seed=0)
     torch.manual_seed(0)

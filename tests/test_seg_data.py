@@ -5,10 +5,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from cli import main
-from segmentation.data import SegDataset, list_pairs, parse_data, read_mask
-from segmentation.transforms import eval_transform, pad_collate, train_transform
-from synthetic.ade20k import SEG_CLASSES, segmentation_sample, seams, write_ade20k
+from bot.cli import main
+from bot.segmentation.data import SegDataset, list_pairs, parse_data, read_mask
+from bot.segmentation.transforms import eval_transform, pad_collate, train_transform
+from bot.synthetic.ade20k import SEG_CLASSES, segmentation_sample, seams, write_ade20k
 
 
 def make_folder(root, n=2, size=(32, 24), num_classes=3, split="train"):

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from engine.distributed import DistContext
-from segmentation.metrics import ConfusionMatrix, per_class_table
+from bot.engine.distributed import DistContext
+from bot.segmentation.metrics import ConfusionMatrix, per_class_table
 
 IGN = 255
 

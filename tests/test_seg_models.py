@@ -8,11 +8,11 @@ from safetensors.torch import load_file
 from torch import nn
 from torchvision.models.segmentation.fcn import FCNHead
 
-from engine.errors import BotError
-from engine.schedules import set_lr
-from pretrain.backbones import create_backbone
-from pretrain.weights import save_classifier
-from segmentation.models import FCN, build_model, copy_into_encoder, param_groups
+from bot.engine.errors import BotError
+from bot.engine.schedules import set_lr
+from bot.pretrain.backbones import create_backbone
+from bot.pretrain.weights import save_classifier
+from bot.segmentation.models import FCN, build_model, copy_into_encoder, param_groups
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_unknown_head_is_refused(ckpt):
 
 
 def test_sliding_window_stitches_a_pointwise_model_exactly():
-    from segmentation.evaluate import predict_logits
+    from bot.segmentation.evaluate import predict_logits
 
     def pointwise(x):  # a per-pixel model: any correct tiling must give back the whole-image logits
         return {"out": torch.cat([x[:, :1] * 2, x[:, 1:2] - x[:, 2:3]], 1)}

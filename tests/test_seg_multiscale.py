@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segmentation.evaluate import ms_options, predict_labels
-from segmentation.metrics import ConfusionMatrix
-from segmentation.multiscale import ms_flip_probs, resized_shape
+from bot.segmentation.evaluate import ms_options, predict_labels
+from bot.segmentation.metrics import ConfusionMatrix
+from bot.segmentation.multiscale import ms_flip_probs, resized_shape
 
 
 class Toy(torch.nn.Module):

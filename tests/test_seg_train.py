@@ -9,12 +9,12 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from cli import main
-from engine.loop import Interrupted
-from engine.rundir import sha256_file
-from pretrain.backbones import create_backbone
-from pretrain.weights import save_classifier
-from segmentation.train import finetune, resolve_config, run_from_cli
+from bot.cli import main
+from bot.engine.loop import Interrupted
+from bot.engine.rundir import sha256_file
+from bot.pretrain.backbones import create_backbone
+from bot.pretrain.weights import save_classifier
+from bot.segmentation.train import finetune, resolve_config, run_from_cli
 
 TINY = ["data.synthetic_train=16", "data.synthetic_val=6", "data.synthetic_size=32", "train.eval_every=1",
         "eval.batch_size=4", "train.log_every=1"]

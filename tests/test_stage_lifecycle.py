@@ -14,10 +14,10 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from cli import main
-from engine.errors import BotError
-from engine.schema import Invalid, coerce, parse_spec
-from engine.stage import RunLock, check_writable
+from bot.cli import main
+from bot.engine.errors import BotError
+from bot.engine.schema import Invalid, coerce, parse_spec
+from bot.engine.stage import RunLock, check_writable
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = {
@@ -99,17 +99,17 @@ def test_values_that_do_not_fit_are_invalid(text, value):
 
 
 def test_every_default_key_has_a_type():
-    from detection.train import schema as detect_schema
-    from pretrain.recipes import schema as pretrain_schema
-    from segmentation.train import schema as segment_schema
+    from bot.detection.train import schema as detect_schema
+    from bot.pretrain.recipes import schema as pretrain_schema
+    from bot.segmentation.train import schema as segment_schema
     for schema in (pretrain_schema(), detect_schema(), segment_schema()):
         assert all(spec.kind or spec.literals for spec in schema.values())
 
 
 def test_the_three_stages_name_shared_settings_alike():
-    import pretrain.train as pt
-    from detection.train import resolve_config as detect_config
-    from segmentation.train import resolve_config as segment_config
+    import bot.pretrain.train as pt
+    from bot.detection.train import resolve_config as detect_config
+    from bot.segmentation.train import resolve_config as segment_config
     configs = [pt.resolve_config("resnet50d", ["optim.weight_decay=5e-5"]),
                detect_config({"backbone": "resnet18d"}, ["train.weight_decay=5e-5"]),
                segment_config({"backbone": "resnet18d"}, ["train.weight_decay=5e-5"])]
@@ -121,8 +121,8 @@ def test_the_three_stages_name_shared_settings_alike():
 
 def test_old_config_keys_still_resume(tmp_path):
     """A config.yaml written before the keys moved (schedule.epochs, optim.batch_size, optim.lr) reads as today's."""
-    import pretrain.train as pt
-    from engine.stage import resumed_config
+    import bot.pretrain.train as pt
+    from bot.engine.stage import resumed_config
     cfg = pt.resolve_config("resnet50d")
     old = json.loads(json.dumps(cfg))
     old["schedule"]["epochs"] = old["train"].pop("epochs")
@@ -136,8 +136,8 @@ def test_old_config_keys_still_resume(tmp_path):
 
 
 def test_resume_takes_safe_overrides_and_refuses_the_rest(tmp_path):
-    import pretrain.train as pt
-    from engine.stage import resumed_config
+    import bot.pretrain.train as pt
+    from bot.engine.stage import resumed_config
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(pt.resolve_config("resnet50d")))
     cfg = resumed_config(pt.STAGE, tmp_path, {"lr": 0.001, "workers": 0}, ["train.log_every=5"])
     assert (cfg["train"]["lr"], cfg["data"]["workers"], cfg["train"]["log_every"]) == (0.001, 0, 5)
@@ -146,7 +146,7 @@ def test_resume_takes_safe_overrides_and_refuses_the_rest(tmp_path):
     line = one_error(["pretrain", "--out", tmp_path, "--resume", "--epochs", "3"])
     assert "--epochs cannot change" in line
     # a detection run's config is not a pretrain run's
-    from detection.train import resolve_config as detect_config
+    from bot.detection.train import resolve_config as detect_config
     other = tmp_path / "det"
     other.mkdir()
     (other / "config.yaml").write_text(yaml.safe_dump(detect_config({"backbone": "resnet18d"})))
@@ -160,11 +160,11 @@ def test_resume_takes_safe_overrides_and_refuses_the_rest(tmp_path):
     ("other-arch", "does not fit this run's model"),
 ])
 def test_a_bad_resume_state_is_one_line(tiny_imagefolder, tmp_path, content, message):
-    import pretrain.train as pt
-    from engine.loop import Position, save_state
-    from engine.precision import Precision
-    from engine.rundir import RunDir
-    from pretrain.backbones import create_backbone
+    import bot.pretrain.train as pt
+    from bot.engine.loop import Position, save_state
+    from bot.engine.precision import Precision
+    from bot.engine.rundir import RunDir
+    from bot.pretrain.backbones import create_backbone
     cfg = pt.resolve_config("resnet50d", ["data.workers=0", "train.batch_size=16", "data.image_size=32"],
                             data=str(tiny_imagefolder), arch="resnet18d", device="cpu", epochs=1)
     out = tmp_path / "run"
@@ -197,7 +197,7 @@ def test_a_finished_run_is_reported_not_redone(tiny_imagefolder, tmp_path):
 
 
 def test_non_finite_loss_in_the_first_epoch_says_no_state_was_kept(tiny_imagefolder, tmp_path, monkeypatch):
-    import pretrain.train as pt
+    import bot.pretrain.train as pt
     real = pt.soft_cross_entropy
     monkeypatch.setattr(pt, "soft_cross_entropy", lambda logits, target: real(logits, target) * float("inf"))
     cfg = pt.resolve_config("resnet50d", ["data.workers=0", "train.batch_size=16", "data.image_size=32"],
@@ -209,8 +209,8 @@ def test_non_finite_loss_in_the_first_epoch_says_no_state_was_kept(tiny_imagefol
 
 def test_non_finite_weights_are_never_saved(tiny_imagefolder, tmp_path, monkeypatch):
     """A finite loss whose step made the weights NaN, on the epoch's last batch: the epoch's state is not written."""
-    import pretrain.train as pt
-    from engine.precision import Precision
+    import bot.pretrain.train as pt
+    from bot.engine.precision import Precision
     real = Precision.backward_and_step
     calls = {"n": 0}
 
@@ -260,7 +260,7 @@ def test_unwritable_places_are_refused_first(tmp_path, monkeypatch):
 
 
 def test_temporaries_left_by_a_kill_are_removed_on_resume(tiny_imagefolder, tmp_path):
-    import pretrain.train as pt
+    import bot.pretrain.train as pt
     cfg = pt.resolve_config("resnet50d", ["data.workers=0", "train.batch_size=16", "data.image_size=32"],
                             data=str(tiny_imagefolder), arch="resnet18d", device="cpu", epochs=1)
     out = tmp_path / "run"
@@ -279,8 +279,10 @@ def test_demo_args_with_broken_quotes_are_one_line(tmp_path):
 
 
 def test_child_processes_cannot_pick_up_a_strangers_cli_py(tmp_path):
-    from engine.launch import bot_argv
-    (tmp_path / "cli.py").write_text("open('hijacked', 'w').write('x')\n")
+    from bot.engine.launch import bot_argv
+    for stranger in ("cli.py", "engine/__init__.py", "bot/__init__.py", "bot/cli.py"):  # what a user's folder may hold
+        (tmp_path / stranger).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / stranger).write_text("open('hijacked', 'w').write('x')\n")
     proc = subprocess.run([*bot_argv(), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", "")})
     assert proc.returncode == 0 and "pretrain" in proc.stdout, proc.stderr
@@ -292,32 +294,38 @@ PACKAGES = ("engine", "pretrain", "detection", "segmentation", "synthetic", "com
 STAGE_PACKAGES = ("pretrain", "detection", "segmentation")
 
 
-def _module_imports() -> dict[str, set[str]]:
-    graph = {}
-    for pkg in PACKAGES:
-        for path in (ROOT / pkg).rglob("*.py"):
-            name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-            deps = set()
-            for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.ImportFrom):
-                    if node.level:
-                        base = name.split(".")[: -node.level] if not path.name == "__init__.py" else name.split(".")[: len(name.split(".")) - node.level + 1]
-                        target = ".".join(base + ([node.module] if node.module else []))
-                    else:
-                        target = node.module or ""
-                    deps.add(target)
-                    deps.update(f"{target}.{a.name}" for a in node.names)
-                elif isinstance(node, ast.Import):
-                    deps.update(a.name for a in node.names)
-            graph[name] = deps
-    return {m: {d for d in deps if d in graph} for m, deps in graph.items()}
+def _module_imports() -> tuple[dict[str, set[str]], list[str]]:
+    """bot's import graph (module -> the bot modules it imports, at any depth of the code), and every import of a
+    project package under its bare name (which would find a stranger's `engine` or `cli` first)."""
+    graph, bare = {}, []
+    for path in [ROOT / "cli.py", *(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))]:
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        name = ".".join(["bot", *parts]).removesuffix(".__init__")
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    target = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                targets = [target, *(f"{target}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            deps.update(targets)
+            bare += [f"{name}: {t}" for t in targets[:1] if t.split(".")[0] in (*PACKAGES, "cli")]
+        graph[name] = deps
+    return {m: {d for d in deps if d in graph} for m, deps in graph.items()}, bare
 
 
 def test_no_import_cycles_and_no_stage_imports_from_engine_compare_or_synthetic():
-    graph = _module_imports()
+    graph, bare = _module_imports()
+    assert len(graph) > 50 and not bare, bare
     for module, deps in graph.items():
-        if module.split(".")[0] in ("engine", "compare", "synthetic"):
-            bad = [d for d in deps if d.split(".")[0] in STAGE_PACKAGES]
+        if module.split(".")[1] in ("engine", "compare", "synthetic"):
+            bad = [d for d in deps if d.split(".")[1] in STAGE_PACKAGES]
             assert not bad, f"{module} imports a stage: {bad}"
     state: dict[str, int] = {}
 
@@ -354,8 +362,8 @@ def test_unwritable_outputs_of_evaluate_and_compare_are_refused_before_the_work(
 def test_wall_time_adds_up_over_resumes(tiny_imagefolder, tmp_path):
     import signal
 
-    import pretrain.train as pt
-    from engine.loop import Interrupted
+    import bot.pretrain.train as pt
+    from bot.engine.loop import Interrupted
     cfg = pt.resolve_config("resnet50d", ["data.workers=0", "train.batch_size=16", "data.image_size=32"],
                             data=str(tiny_imagefolder), arch="resnet18d", device="cpu", epochs=2)
 

@@ -8,12 +8,12 @@ from click.testing import CliRunner
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from cli import main
-from engine.errors import BotError
-from engine.weights_file import read_metadata, write_weights
-from pretrain.backbones import create_backbone
-from pretrain.checkpoints import read_checkpoint
-from pretrain.weights import save_classifier
+from bot.cli import main
+from bot.engine.errors import BotError
+from bot.engine.weights_file import read_metadata, write_weights
+from bot.pretrain.backbones import create_backbone
+from bot.pretrain.checkpoints import read_checkpoint
+from bot.pretrain.weights import save_classifier
 
 MEAN, STD = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
 
@@ -36,8 +36,8 @@ def test_one_encoding_every_value_json(tmp_path):
 
 def test_the_three_stages_write_through_it(tmp_path):
     """pretrain's classifier, detection's and segmentation's models all carry format 2."""
-    from detection.model import save_detector
-    from segmentation.evaluate import save_segmenter
+    from bot.detection.model import save_detector
+    from bot.segmentation.evaluate import save_segmenter
 
     model = torch.nn.Linear(2, 2)
     save_classifier(create_backbone("resnet18d", num_classes=3), tmp_path / "b.safetensors", arch="resnet18d",
