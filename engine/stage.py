@@ -207,8 +207,9 @@ class Session:
             net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.ctx.device.index] if self.ctx.device.type == "cuda" else None,
                 gradient_as_bucket_view=True)
-        if self.cfg["train"].get("compile"):
-            net = torch.compile(net)
+        backend = self.cfg["train"].get("compile")
+        if backend:
+            net = torch.compile(net, backend="inductor" if backend is True else backend)
         return net
 
     def optimizer_options(self) -> dict:

@@ -376,3 +376,20 @@ def test_wall_time_adds_up_over_resumes(tiny_imagefolder, tmp_path):
     before = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["extra"]["wall_seconds"]
     summary = pt.train(cfg, tmp_path / "run", resume=True)
     assert before > 0 and summary["wall_seconds"] > before
+
+
+def test_compiled_network_trains_to_the_same_weights(tiny_imagefolder, tmp_path):
+    """train.compile wraps the step's network in torch.compile (here the eager backend: dynamo's graph capture
+    without a C++ toolchain); the weights it trains to are the uncompiled run's."""
+    import bot.pretrain.train as pt
+    from safetensors.torch import load_file
+    sets = ["data.workers=0", "train.batch_size=16", "data.image_size=32"]
+    runs = {}
+    for backend in (False, "eager"):
+        cfg = pt.resolve_config("resnet50d", [*sets, f"train.compile={str(backend).lower()}"],
+                                data=str(tiny_imagefolder), arch="resnet18d", device="cpu", epochs=1)
+        assert cfg["train"]["compile"] == backend
+        pt.train(cfg, tmp_path / str(backend))
+        runs[backend] = load_file(str(tmp_path / str(backend) / "model.safetensors"))
+    for k, v in runs[False].items():
+        torch.testing.assert_close(runs["eager"][k], v, rtol=1e-5, atol=1e-6, msg=k)
