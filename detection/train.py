@@ -17,7 +17,7 @@ from bot.engine.errors import BotError
 from bot.engine.precision import Precision
 from bot.engine.schedules import Schedule, scaled_lr
 from bot.engine.stage import Session, StageDef, fresh_config, launch, run_config
-from bot.pretrain.weights import is_arch_name
+from bot.pretrain.weights import check_checkpoint, is_arch_name
 
 from .data import AspectBatchSampler, DetectionDataset, check_val, collate, load_split, parse_spec, resolve_data
 from .evaluate import predict, score, write_detections
@@ -50,6 +50,7 @@ def schema() -> dict:
 def check(cfg: dict) -> None:
     if cfg["model"]["backbone"] is None:
         raise BotError("finetune-detect: --backbone is required (a pretrain run dir, a .safetensors file or an arch name)")
+    check_checkpoint(cfg["model"]["backbone"], cfg["model"]["arch"])
     parse_spec(cfg["data"]["spec"])
     if cfg["data"]["max_size"] < cfg["data"]["min_size"]:
         raise BotError(f"--max-size {cfg['data']['max_size']}: smaller than --image-size {cfg['data']['min_size']}")

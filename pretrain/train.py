@@ -25,7 +25,7 @@ from .data import build_datasets, build_loaders, check_val
 from .optim import build_optimizer
 from .recipes import RENAMED, apply_synthetic_scale, load_recipe, milestone_steps, schema
 from .tricks import distillation_loss, mixup, smooth_targets, soft_cross_entropy
-from .weights import WEIGHTS_NAME, load_backbone, save_classifier
+from .weights import WEIGHTS_NAME, check_checkpoint, load_backbone, save_classifier
 
 SYNTHETIC = "synthetic-shapes"
 OPTION_KEYS = {"data": "data.path", "recipe": "recipe", "arch": "model.arch", "epochs": "train.epochs",
@@ -53,6 +53,8 @@ def check(cfg: dict) -> None:
     parse_arch(cfg["model"]["arch"])
     if "teacher" in cfg.get("requires", []) and not cfg["train"]["teacher"]:
         raise BotError(f"recipe {cfg['recipe']!r} distils from a teacher: give --teacher RUN_DIR|FILE.safetensors")
+    check_checkpoint(cfg["train"]["init_weights"], cfg["model"]["arch"])
+    check_checkpoint(cfg["train"]["teacher"])
 
 
 def upgrade(cfg: dict) -> None:

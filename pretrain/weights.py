@@ -64,6 +64,18 @@ def save_classifier(model: nn.Module, path: Path, *, arch: str, num_classes: int
     return write_weights(Path(path), model.state_dict(), "backbone", meta)
 
 
+def check_checkpoint(source, arch: str | None = None) -> None:
+    """Read and check a checkpoint named on the command line (its metadata, its arch against --arch) before any
+    work starts, so that a bad file is one line and not the end of a data set's preparation. An arch name (random
+    init) is checked as a name."""
+    if source is None:
+        return
+    if is_arch_name(str(source)):
+        parse_arch(str(source))
+        return
+    read_checkpoint(source, arch=arch)
+
+
 def is_arch_name(source: str) -> bool:
     """An arch name (random init), not a file: `resnet50d` yes; `resnet50d.gluon_in1k` and `timm:...` no."""
     source = str(source)

@@ -21,6 +21,7 @@ from bot.engine.rundir import atomic_write_text
 from bot.engine.schedules import Schedule
 from bot.engine.stage import Session, StageDef, fresh_config, launch, run_config
 from bot.engine import distributed as dist
+from bot.pretrain.weights import check_checkpoint
 
 from .data import SegDataset, check_splits, default_config, list_pairs, source_from_config
 from .evaluate import confusion, ms_options, save_segmenter
@@ -55,6 +56,7 @@ def check(cfg: dict) -> None:
     d = cfg["data"]
     if not cfg["model"]["backbone"]:
         raise BotError("--backbone: required (a pretrain run dir, a .safetensors file, or an arch name for random init)")
+    check_checkpoint(cfg["model"]["backbone"], cfg["model"]["arch"])
     if cfg["model"]["head"] != "fcn" and d["crop_size"] % 32:
         raise BotError(f"--crop-size {d['crop_size']}: smp heads need a multiple of 32")
     if d["scale_max"] < d["scale_min"]:
