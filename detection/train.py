@@ -15,7 +15,7 @@ from bot.engine.config import load_yaml, overlay
 from bot.engine.distributed import EpochSampler, broadcast_object
 from bot.engine.errors import BotError
 from bot.engine.precision import Precision
-from bot.engine.schedules import Schedule, scaled_lr
+from bot.engine.schedules import Schedule, milestone_steps, scaled_lr
 from bot.engine.stage import Session, StageDef, fresh_config, launch, run_config
 from bot.pretrain.weights import check_checkpoint, is_arch_name
 
@@ -56,6 +56,14 @@ def check(cfg: dict) -> None:
         raise BotError(f"--max-size {cfg['data']['max_size']}: smaller than --image-size {cfg['data']['min_size']}")
 
 
+def upgrade(cfg: dict) -> None:
+    """Runs written before the milestones became fractions held train.lr_decay_epochs: the same points as fractions."""
+    t = cfg.get("train", {})
+    if "lr_decay_epochs" in t and "milestones" not in t:
+        epochs = t.get("epochs") or 1
+        t["milestones"] = [min(1.0, e / epochs) for e in t.pop("lr_decay_epochs")]
+
+
 def cache_dir(cfg: dict):
     if parse_spec(cfg["data"]["spec"])[0] != "synthetic":
         return None
@@ -68,7 +76,8 @@ def default_out(cfg: dict) -> Path:
 
 
 STAGE = StageDef(task="detect", command="finetune-detect", option_keys=OPTION_KEYS, defaults=defaults, schema=schema,
-                 check=check, default_out=default_out, cache_dir=cache_dir, renamed=RENAMED)
+                 check=check, default_out=default_out, cache_dir=cache_dir, renamed=RENAMED,
+                 upgrade=upgrade)
 
 
 def resolve_config(options: dict, sets=()) -> dict:
@@ -119,7 +128,8 @@ def train_session(session: Session) -> dict:
     optimizer = torch.optim.SGD(params, lr=lr, momentum=t["momentum"], weight_decay=t["weight_decay"],
                                 **session.optimizer_options())
     schedule = Schedule(lr, t["epochs"] * steps_per_epoch, min(t["warmup_iters"], steps_per_epoch), kind="step",
-                        milestones=[int(e * steps_per_epoch) for e in t["lr_decay_epochs"]], gamma=t["lr_decay"])
+                        milestones=milestone_steps(t["milestones"], t["epochs"], steps_per_epoch, "train.milestones"),
+                        gamma=t["lr_decay"])
     precision = Precision(t["precision"], ctx.device)
 
     val_ds = DetectionDataset(val_split, False, d["min_size"], d["max_size"])

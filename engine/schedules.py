@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from .errors import BotError
+
 
 def scaled_lr(base_lr: float, batch_size: int, base_batch: int = 256) -> float:
     """Linear scaling rule: lr = base_lr * b / base_batch (0.1 * b / 256 in the paper)."""
@@ -42,6 +44,16 @@ class Schedule:
         if self.kind == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * frac)) * self.lr
         return self.lr * (1.0 - frac) ** self.power
+
+
+def milestone_steps(milestones, epochs: int, steps_per_epoch: int, key: str = "schedule.milestones") -> list[int]:
+    """Step-decay milestones, fractions of the schedule, as batch indices, so that they follow --epochs;
+    BotError for epoch numbers (> 1)."""
+    bad = [m for m in milestones if not 0 < float(m) <= 1]
+    if bad:
+        raise BotError(f"{key} {list(milestones)}: give fractions of train.epochs in (0, 1] "
+                       f"(e.g. [0.25, 0.5, 0.75] for 30/60/90 of 120), not {bad[0]}")
+    return [round(float(m) * epochs * steps_per_epoch) for m in milestones]
 
 
 def set_lr(optimizer, lr: float) -> None:

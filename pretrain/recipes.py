@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bot.engine.config import load_yaml, migrate, read_schema
 from bot.engine.errors import BotError
+from bot.engine.schedules import milestone_steps  # noqa: F401  (pretrain.train and the tests import it from here)
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 META_KEYS = ("base", "description", "requires")
@@ -112,15 +113,6 @@ def recipe_catalogue(files=()) -> list[dict]:
                      "requires": cfg["requires"], "epochs": cfg["train"]["epochs"], "reference_epochs": REFERENCE_EPOCHS,
                      "description": cfg["description"]})
     return rows
-
-
-def milestone_steps(milestones, epochs: int, steps_per_epoch: int) -> list[int]:
-    """Step-decay milestones, fractions of the schedule, as batch indices; BotError for epoch numbers (> 1)."""
-    bad = [m for m in milestones if not 0 < float(m) <= 1]
-    if bad:
-        raise BotError(f"schedule.milestones {list(milestones)}: give fractions of train.epochs in (0, 1] "
-                       f"(e.g. [0.25, 0.5, 0.75] for 30/60/90 of 120), not {bad[0]}")
-    return [round(float(m) * epochs * steps_per_epoch) for m in milestones]
 
 
 def describe_recipes() -> str:

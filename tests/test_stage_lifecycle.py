@@ -393,3 +393,20 @@ def test_compiled_network_trains_to_the_same_weights(tiny_imagefolder, tmp_path)
         runs[backend] = load_file(str(tmp_path / str(backend) / "model.safetensors"))
     for k, v in runs[False].items():
         torch.testing.assert_close(runs["eager"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_detection_milestones_follow_the_epochs_and_old_runs_still_read(tmp_path):
+    from bot.detection.train import STAGE, resolve_config
+    from bot.engine.schedules import milestone_steps
+    from bot.engine.stage import resumed_config
+    cfg = resolve_config({"backbone": "resnet18d", "data": "voc:/x", "epochs": 10})
+    assert cfg["train"]["milestones"] == [0.7, 1.0]
+    assert milestone_steps(cfg["train"]["milestones"], 10, 5) == [35, 50]  # epochs 7 and 10 of 10
+    old = json.loads(json.dumps(cfg))
+    old["train"]["epochs"] = 20
+    old["train"]["lr_decay_epochs"] = [14, 20]
+    del old["train"]["milestones"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    assert resumed_config(STAGE, tmp_path, {})["train"]["milestones"] == [0.7, 1.0]
+    assert "train.milestones" in one_error(["finetune-detect", "--backbone", "resnet18d", "--out", tmp_path / "x",
+                                            "--set", "train.milestones=[14, 20]"])
