@@ -49,6 +49,20 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def writable_folder_problem(folder: Path) -> str | None:
+    """Why `folder` cannot take files (it is a file, or cannot be made or written into), or None when it can:
+    made if missing, then probed with a temporary file."""
+    if folder.exists() and not folder.is_dir():
+        return "is a file, not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        return f"is not writable ({e.strerror or type(e).__name__})"
+    return None
+
+
 def check_output_file(path: str | Path | None, flag: str) -> None:
     """Before any work: `path` (an output file) can be written: not a folder, its folder creatable and writable."""
     if not path:
@@ -56,30 +70,17 @@ def check_output_file(path: str | Path | None, flag: str) -> None:
     path = Path(path)
     if path.is_dir():
         raise BotError(f"{flag} {path}: is a folder; give a file name")
-    folder = path.parent
-    if folder.exists() and not folder.is_dir():
-        raise BotError(f"{flag} {path}: {folder} is a file, not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise BotError(f"{flag} {path}: cannot write there ({e.strerror or type(e).__name__})") from None
+    problem = writable_folder_problem(path.parent)
+    if problem:
+        raise BotError(f"{flag} {path}: {path.parent} {problem}")
 
 
 def check_output_folder(path: str | Path | None, flag: str) -> None:
     """Before any work: `path` (an output folder) exists or can be made, and can be written into."""
-    if not path:
-        return
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise BotError(f"{flag} {path}: is a file, not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as e:
-        raise BotError(f"{flag} {path}: cannot write there ({e.strerror or type(e).__name__})") from None
+    if path:
+        problem = writable_folder_problem(Path(path))
+        if problem:
+            raise BotError(f"{flag} {path}: {problem}")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

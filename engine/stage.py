@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from .errors import BotError
 from .loop import fit, restore_state
 from .precision import Precision
 from .progress import report
-from .rundir import RunDir, versions
+from .rundir import RunDir, versions, writable_folder_problem
 from .schema import flatten, validate
 
 # What may change when a run is continued: where and how fast it runs, not what it computes (lr is allowed so that
@@ -109,15 +108,9 @@ def resumed_config(stage: StageDef, out: Path, options: dict, sets=()) -> dict:
 
 def check_writable(path: Path, what: str) -> None:
     """Create `path` as a folder (if needed) and write a probe file there: one line when that is not possible."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise BotError(f"{path}: {what} is a file, not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as e:
-        raise BotError(f"{path}: {what} is not writable ({e.strerror or type(e).__name__})") from None
+    problem = writable_folder_problem(Path(path))
+    if problem:
+        raise BotError(f"{path}: {what} {problem}")
 
 
 class RunLock:
