@@ -1,36 +1,18 @@
 """Resume state: written atomically, read back with torch.load(weights_only=True) only.
 
 The state holds tensors, numbers, strings and lists of those, nothing that needs unpickling of code:
-model and optimiser state dicts, the GradScaler's state, epoch/step counters and RNG states.
+model and optimiser state dicts, the GradScaler's state and epoch/step counters (no RNG state: engine/loop.py
+seeds every step from (seed, step, rank)).
 """
 from __future__ import annotations
 
 import io
-import random
 from pathlib import Path
 
 import torch
 
 from .errors import BotError
 from .rundir import atomic_write_bytes
-
-
-def rng_state(generator: torch.Generator | None = None) -> dict:
-    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    if generator is not None:
-        state["generator"] = generator.get_state()
-    return state
-
-
-def set_rng_state(state: dict, generator: torch.Generator | None = None) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((3, tuple(state["python"]), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if generator is not None and "generator" in state:
-        generator.set_state(state["generator"])
 
 
 def save(path: Path, state: dict) -> None:

@@ -17,9 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .predict import predict_logits
-
-PAD_MULTIPLE = 32
+from .predict import PAD_MULTIPLE, predict_logits
 
 
 def resized_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
