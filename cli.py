@@ -127,7 +127,7 @@ def compare(paths, **options):
               help="Comma-separated pretrain recipes; `+x` extends the last plain one (resnet50d,+cosine,+label-smoothing); "
                    "a checkpoint (timm:NAME, a .safetensors/.pth file, a run dir) is a row fine-tuned as it is.")
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(), help="Where every run and the comparison go.")
-@click.option("--depth", type=click.Choice(["18", "26", "34", "50"]), default="18", show_default=True,
+@click.option("--depth", type=click.Choice(["10", "18", "26", "34", "50"]), default="10", show_default=True,
               help="ResNet depth at demo scale (each recipe keeps its A/B/C/D variant).")
 @click.option("--teacher", type=click.Path(), help="Distillation teacher for recipes that need one.")
 @click.option("--baseline", help="Row the others are compared with (default: the first recipe).")

@@ -1,7 +1,7 @@
 """`bot demo`: the whole flow on the synthetic shapes world, at a scale that fits 10 minutes on 2 CPU cores.
 
 For each recipe: `bot pretrain`, then `bot finetune-detect` and `bot finetune-seg` on its weights, each in its own
-process (`python -m cli ...`), exactly as a user would run them; then the comparison table and plot. Layout:
+process (`python -P -m bot.cli ...`), exactly as a user would run them; then the comparison table and plot. Layout:
 `OUT/pretrain/<recipe>`, `OUT/detect/<recipe>`, `OUT/segment/<recipe>`, `OUT/compare.{png,md,csv,json}`.
 Re-running skips finished runs (summary.json) and resumes interrupted ones (last.ckpt).
 """
@@ -22,15 +22,17 @@ from bot.engine.errors import BotError
 from bot.engine.launch import bot_argv
 
 DEFAULT_RECIPES = "resnet50b-standard,resnet50d"  # the first two rows of the paper's ladder (Tables 8 and 9)
-# Demo scale per stage, on top of each stage's own synthetic defaults: pretrain 12 epochs per 120 of the recipe's
-# (mixup's 200 -> 20; measured before: 63% top-1 for the resnet50d recipe, 23% for the slower-learning A-standard
-# baseline), detection as its default, segmentation 10 of its 20 epochs; the demo also shrinks the arch to `--depth`.
-# About a quarter of an hour for 2 recipes x 3 stages on 2 CPU cores (README, "bot demo").
-DEMO_PRETRAIN_EPOCHS = 12  # per 120 epochs of the recipe
+# Demo scale, chosen to finish under 10 minutes on a quiet 2-core machine with both stage runs side by side
+# (measured 7.6 minutes, README "The demo"): the recipe's ResNet variant at depth 10 (one block per stage; 1.6x the
+# images/s of depth 18 and the same top-1 per epoch here), 10 pretrain epochs per 120 of the recipe's (mixup's
+# 200 -> 17), detection 6 of its 8 synthetic epochs, segmentation 12 epochs at batch 8 (more steps than 20 at
+# batch 16 in fewer images; after 8 epochs at batch 16 both segmenters still predicted almost only background).
+DEMO_DEPTH = 10
+DEMO_PRETRAIN_EPOCHS = 10  # per 120 epochs of the recipe
 DEMO_ARGS = {
     "pretrain": [],
-    "finetune-detect": [],
-    "finetune-seg": ["--epochs", "10"],
+    "finetune-detect": ["--epochs", "6"],
+    "finetune-seg": ["--epochs", "12", "--batch-size", "8"],
 }
 STAGE_DIRS = {"pretrain": "pretrain", "finetune-detect": "detect", "finetune-seg": "segment"}
 # Short names for the `+trick` form of --recipes: "+label-smoothing" after "resnet50d" means "resnet50d-ls".
@@ -133,7 +135,7 @@ def demo_arch(recipe: str, depth: int) -> str:
     return f"resnet{depth}{recipe_info(recipe)['variant'].lower()}"
 
 
-def plan(recipes: list[str], out: Path, *, depth: int = 18, teacher: str | None = None,
+def plan(recipes: list[str], out: Path, *, depth: int = DEMO_DEPTH, teacher: str | None = None,
          extra: dict[str, list[str]] | None = None) -> list[Step]:
     extra = extra or {}
     steps = []
@@ -243,7 +245,7 @@ def run_steps(steps: list[Step], runner=run_subprocess, jobs: int = 1) -> list[t
     return [results[i] for i in sorted(results)]
 
 
-def run_demo(*, recipes: str = DEFAULT_RECIPES, out: str | Path = "runs/demo", depth: int = 18,
+def run_demo(*, recipes: str = DEFAULT_RECIPES, out: str | Path = "runs/demo", depth: int = DEMO_DEPTH,
              teacher: str | None = None, pretrain_args: str = "", detect_args: str = "", segment_args: str = "",
              baseline: str | None = None, runner=run_subprocess, jobs: int | None = None) -> Path:
     from .command import run_compare

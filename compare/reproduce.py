@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bot.engine.errors import BotError
 
-from .demo import (DEMO_ARGS, STAGE_DIRS, Step, console, demo_arch, demo_epochs, recipe_info, run_steps,
+from .demo import (DEMO_ARGS, DEMO_DEPTH, STAGE_DIRS, Step, console, demo_arch, demo_epochs, recipe_info, run_steps,
                    run_subprocess, split_args)
 
 # (row label in the paper's tables, recipe), in the order they run: the teacher first (distillation needs it)
@@ -30,7 +30,7 @@ LADDER = (
 )
 TEACHER = "resnet152d-teacher"
 LABELS = {recipe: label for label, recipe in LADDER}
-DEMO_DEPTH, DEMO_TEACHER_DEPTH = 18, 34  # demo scale: the students at depth 18, a deeper teacher
+DEMO_TEACHER_DEPTH = 34  # demo scale: the students at the demo's depth (10), a deeper teacher
 
 
 @dataclass

@@ -1,9 +1,10 @@
-"""ResNet variants A, B, C, D of the paper (Table 5) for depths 18-152, all built on timm's ResNet.
+"""ResNet variants A, B, C, D of the paper (Table 5) for depths 10-152, all built on timm's ResNet.
 
 Names are `resnet{depth}{variant}`: `resnet50a` (stride 2 on the first 1x1 conv of a downsampling bottleneck,
 the original ResNet), `resnet50b` = timm's `resnet50` (stride on the 3x3 conv), `resnet50c` (B + deep stem
 32-32-64), `resnet50d` (C + 2x2 average-pool shortcut, ceil_mode and count_include_pad=False as GluonCV).
-Depths: 18, 34 (basic blocks: A and B are the same network, the tweak concerns bottlenecks), 26, 50, 101, 152.
+Depths: 10, 18, 34 (basic blocks: A and B are the same network, the tweak concerns bottlenecks), 26, 50, 101, 152;
+10 (one basic block per stage, timm's resnet10t layout without its tiered stem) is the demo's CPU-sized network.
 Variants timm lacks (the A's, and C for 18/26/34) are registered with timm here, so that
 `timm.create_model("resnet50a", ...)` works in any process that imported this module.
 """
@@ -17,8 +18,9 @@ from torch import nn
 
 from bot.engine.errors import BotError
 
-DEPTHS = {18: (BasicBlock, (2, 2, 2, 2)), 26: (Bottleneck, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)),
-          50: (Bottleneck, (3, 4, 6, 3)), 101: (Bottleneck, (3, 4, 23, 3)), 152: (Bottleneck, (3, 8, 36, 3))}
+DEPTHS = {10: (BasicBlock, (1, 1, 1, 1)), 18: (BasicBlock, (2, 2, 2, 2)), 26: (Bottleneck, (2, 2, 2, 2)),
+          34: (BasicBlock, (3, 4, 6, 3)), 50: (Bottleneck, (3, 4, 6, 3)), 101: (Bottleneck, (3, 4, 23, 3)),
+          152: (Bottleneck, (3, 8, 36, 3))}
 VARIANTS = ("a", "b", "c", "d")
 VARIANT_ARGS = {"a": {}, "b": {}, "c": dict(stem_width=32, stem_type="deep"),
                 "d": dict(stem_width=32, stem_type="deep", avg_down=True)}

@@ -24,7 +24,7 @@ IMAGENET = (0.485, 0.456, 0.406)
 TIMM_NAMED = ["resnet18", "resnet18d", "resnet26", "resnet26d", "resnet34", "resnet34d", "resnet50", "resnet50c",
               "resnet50d", "resnet101", "resnet101c", "resnet101d", "resnet152", "resnet152c", "resnet152d"]
 TV_NAMED = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
-BOT_ONLY = ["resnet18c", "resnet26c", "resnet34c"]   # registered by bot with timm
+BOT_ONLY = ["resnet10", "resnet10c", "resnet10d", "resnet18c", "resnet26c", "resnet34c"]   # registered by bot with timm
 
 
 def meta_state(builder, name):
@@ -42,7 +42,7 @@ def test_arch_inferred_from_shapes(lib, name):
     assert (guess.arch, guess.depth, guess.variant) == (name, depth, variant)
     check_fits(state, guess.arch, name)
     # A and B share their tensors: without metadata or --arch a bottleneck B comes with a note, never silently
-    assert bool(guess.notes) == (variant == "B" and depth not in (18, 34))
+    assert bool(guess.notes) == (variant == "B" and depth not in (10, 18, 34))
 
 
 @pytest.mark.parametrize("requested,ok", [("resnet50a", True), ("resnet50b", True), ("resnet50", True),
@@ -62,7 +62,7 @@ def test_arch_override_is_checked_against_the_tensors(requested, ok):
 @pytest.mark.parametrize("builder,message", [
     (lambda: torchvision.models.wide_resnet50_2(), "does not fit resnet50: key 'layer1.0.conv1.weight' has shape [128, 64, 1, 1]"),
     (lambda: timm.create_model("resnet50s"), "does not fit resnet50c: key 'conv1.0.weight' has shape [64, 3, 3, 3]"),
-    (lambda: timm.create_model("resnet200"), "none of depths 18, 26, 34, 50, 101, 152"),
+    (lambda: timm.create_model("resnet200"), "none of depths 10, 18, 26, 34, 50, 101, 152"),
     (lambda: timm.create_model("vit_tiny_patch16_224"), "not a ResNet state dict (no layer1..layer4 blocks; first key 'cls_token'"),
 ])
 def test_non_resnet_files_get_one_line_naming_the_key(builder, message):

@@ -33,8 +33,8 @@ def test_plan_keeps_each_recipes_variant(tmp_path):
     pre = steps[0].argv(resume=False)
     from bot.engine.launch import bot_argv
     assert pre[:len(bot_argv()) + 1] == [*bot_argv(), "pretrain"]
-    assert pre[pre.index("--arch") + 1] == "resnet18a"             # baseline is ResNet-50-A in the paper
-    assert steps[3].args[steps[3].args.index("--arch") + 1] == "resnet18d"
+    assert pre[pre.index("--arch") + 1] == "resnet10a"             # baseline is ResNet-50-A in the paper
+    assert steps[3].args[steps[3].args.index("--arch") + 1] == "resnet10d"
     assert pre[-4:] == ["--epochs", "1", "--out", str(tmp_path / "pretrain" / "baseline")]   # extra args last
     assert steps[1].args[:2] == ["--backbone", str(tmp_path / "pretrain" / "baseline")]
     assert steps[0].argv(resume=True)[len(bot_argv()) + 1:] == ["--out", str(tmp_path / "pretrain" / "baseline"), "--resume"]
@@ -174,7 +174,7 @@ def test_demo_toy_scale_end_to_end(tmp_path, monkeypatch):
     rows = {r["name"]: r for r in data["rows"]}
     assert list(rows) == ["resnet50d"] and data["baseline"] == "resnet50d"
     row = rows["resnet50d"]
-    assert row["arch"] == "resnet18d"
+    assert row["arch"] == "resnet10d"
     for key in ("top1", "voc07_map50", "miou", "pixel_acc"):
         stat = row["metrics"][key]
         assert stat["n"] == 1 and 0 <= stat["mean"] <= 100
@@ -193,5 +193,5 @@ def test_demo_defaults_to_the_ladders_first_rows_and_keeps_each_recipes_epoch_ra
     steps = plan(["resnet50b-standard", "resnet50d-mixup"], tmp_path)
     pre = [s for s in steps if s.stage == "pretrain"]
     epochs = [s.args[s.args.index("--epochs") + 1] for s in pre]
-    assert epochs == ["12", "20"]  # 12 per 120 epochs: mixup's 200 -> 20
-    assert pre[0].args[pre[0].args.index("--arch") + 1] == "resnet18b"  # B-standard is ResNet-B
+    assert epochs == ["10", "17"]  # 10 per 120 epochs: mixup's 200 -> 17
+    assert pre[0].args[pre[0].args.index("--arch") + 1] == "resnet10b"  # B-standard is ResNet-B

@@ -45,6 +45,10 @@ def test_variant_c_deep_stem_and_d_avgpool_shortcut():
 def test_names_map_onto_timm():
     assert parse_arch("resnet50")[0] == parse_arch("resnet50b")[0] == "resnet50"
     assert parse_arch("ResNet101D") == ("resnet101d", 101, "d")
+    assert parse_arch("resnet10d") == ("resnet10d", 10, "d")   # the demo's depth: one basic block per stage
+    r10 = create_backbone("resnet10d", init="timm")
+    assert [len(getattr(r10, f"layer{i}")) for i in range(1, 5)] == [1, 1, 1, 1]
+    assert isinstance(r10.layer2[0].downsample[0], nn.AvgPool2d)
     for name in ("resnet50a", "resnet18c", "resnet26a"):
         assert timm.is_model(name)
 

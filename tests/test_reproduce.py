@@ -54,12 +54,12 @@ def test_demo_scale_plan(tmp_path):
         ("pretrain", "resnet50d-mixup-distill"), ("finetune-detect", "resnet50d-mixup-distill"),
         ("finetune-seg", "resnet50d-mixup-distill")]
     arg = lambda s, k: s.args[s.args.index(k) + 1]  # noqa: E731
-    assert (arg(steps[0], "--arch"), arg(steps[0], "--epochs")) == ("resnet34d", "12")
-    assert (arg(steps[1], "--arch"), arg(steps[1], "--epochs")) == ("resnet18b", "12")
-    assert (arg(steps[4], "--arch"), arg(steps[4], "--epochs")) == ("resnet18d", "20")  # mixup: 200/120
+    assert (arg(steps[0], "--arch"), arg(steps[0], "--epochs")) == ("resnet34d", "10")
+    assert (arg(steps[1], "--arch"), arg(steps[1], "--epochs")) == ("resnet10b", "10")
+    assert (arg(steps[4], "--arch"), arg(steps[4], "--epochs")) == ("resnet10d", "17")  # mixup: 200/120
     assert arg(steps[4], "--teacher") == str(tmp_path / "pretrain" / "resnet152d-teacher")
     assert "--teacher" not in steps[1].args and "--data" not in steps[2].args
-    assert steps[2].argv(resume=False)[len(bot_argv())] == "finetune-detect" and arg(steps[3], "--epochs") == "10"
+    assert steps[2].argv(resume=False)[len(bot_argv())] == "finetune-detect" and arg(steps[3], "--epochs") == "12"
 
 
 def test_plan_with_data_paths_and_nproc(tmp_path):
