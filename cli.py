@@ -66,11 +66,13 @@ def main():
 @main.command()
 @click.option("--data", type=click.Path(), help="ImageFolder root with train/ and val/ (default: the synthetic shapes set).")
 @click.option("--recipe", help="Recipe name (see `bot recipes`) or a YAML file.  [default: resnet50d]")
-@click.option("--arch", help="resnet{18,26,34,50,101,152}{a,b,c,d}; b is timm's plain resnetN.")
+@click.option("--arch", help="resnet{10,18,26,34,50,101,152}{a,b,c,d}; b is timm's plain resnetN.")
 @click.option("--epochs", type=int)
 @click.option("--batch-size", type=int, help="Global batch size (split over processes).")
 @click.option("--lr", type=float, help="Peak learning rate (default: linear scaling, base_lr * batch / 256).")
 @click.option("--image-size", type=int)
+@click.option("--loader", help="Training input pipeline: torch (default; DataLoader workers) or dali "
+                               "(NVIDIA DALI decoding on the GPU; pip install 'bot[dali]').")
 @training_options
 @click.option("--teacher", help="Distillation teacher: a pretrain run dir, any ResNet weights file (see `bot inspect`) or timm:NAME.")
 @click.option("--init", "init_weights", help="Start from these weights: a run dir, any ResNet weights file or timm:NAME.")

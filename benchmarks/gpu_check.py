@@ -2,11 +2,11 @@
 
 It writes its own data (a JPEG ImageFolder at ImageNet-like sizes), then
   (a) stages: pretrain, finetune-detect and finetune-seg under fp16 and under bf16, each ~20 steps, each as its
-      own `python -m cli ...` process (all at once): exit code 0, finite losses in metrics.jsonl, summary.json;
+      own `python -P -m bot.cli ...` process (all at once): exit code 0, finite losses in metrics.jsonl, summary.json;
   (b) ResNet-50-D at 224, batch 256, bf16, channels_last, in this process: images/s of a bare fwd/bwd/step loop
       on GPU-resident data, of bot's step (engine.loop.fit + the device pipeline + smoothed soft cross-entropy) on
-      the same data, of bot fed from the JPEG folder (workers = cores), each with and without torch.compile, and
-      peak GPU memory;
+      the same data, of bot fed from the JPEG folder (workers = cores), each with and without torch.compile, of bot
+      fed by `--loader dali` (when DALI is installed), and peak GPU memory;
   (c) Faster R-CNN (C4, the paper's VOC detector; FPN in --smoke; 600 px) and FCN (480 crop) training images/s, bare loop and bot's loop.
 Prints a table with the issue's targets and writes --json ({measurement: {baseline, bot, ratio, unit}} plus
 "checks": the stages' pass/fail). `--smoke` runs the same code at toy sizes on the CPU (a test runs it; torch.compile
@@ -268,7 +268,20 @@ def classification(sizes: Sizes, data: Path, device: torch.device) -> dict:
         memory[f"bot{tag}"] = peak_gib()
         rates[f"jpeg{tag}"] = fit_rate(net, opt, precision, bot_step, None, total, sizes.batch, device,
                                        loader=loader, sampler=loader.sampler, warmup=sizes.warmup)
+    if dali_installed():  # --loader dali: DALI decodes (on the GPU) what the workers decode otherwise
+        from bot.pretrain.dali_loader import DaliTrainLoader
+        dali_sampler = Repeat(len(train_set), DistContext(device=device), 0)
+        dali = DaliTrainLoader(train_set, dali_sampler, sizes.batch, cfg, device, threads=sizes.workers)
+        net, opt = fresh_model(False)
+        rates["dali"] = fit_rate(net, opt, precision, bot_step, None, total, sizes.batch, device, loader=dali,
+                                 sampler=dali_sampler, warmup=sizes.warmup)
+    else:
+        print("note: NVIDIA DALI is not installed: no --loader dali row (pip install 'bot[dali]')", flush=True)
     what = f"{sizes.arch} {sizes.crop}px batch {sizes.batch} {sizes.precision} channels_last"
+    if "dali" in rates:
+        results[f"{what}: DALI from JPEGs / GPU-resident"] = entry(
+            rates["bot"], rates["dali"], "img/s", f"bot's step on GPU-resident data, eager; --loader dali, "
+            f"{sizes.workers} threads", 1, target=0.8)
     for tag, how in (("", "eager"), (" compiled", f"torch.compile ({sizes.compile_backend})")):
         results[f"{what}{tag}: bot step / bare loop"] = entry(
             rates[f"bare{tag}"], rates[f"bot{tag}"], "img/s", f"bare fwd/bwd/step loop, GPU-resident data, {how}", 1,
@@ -284,6 +297,11 @@ def classification(sizes: Sizes, data: Path, device: torch.device) -> dict:
         results[f"{what}: peak memory bot / bare"] = entry(memory["bare"], memory["bot"], "GiB (lower is better)",
                                                            "bare loop's peak", 1)
     return results
+
+
+def dali_installed() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.dali") is not None
 
 
 # ---- (c) detection and segmentation ---------------------------------------------------------------------------

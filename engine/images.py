@@ -134,14 +134,20 @@ def read_rgb(path: str | Path, *, exif: bool = False) -> Image.Image:
     return to_rgb(decode(path, exif=exif), path)
 
 
-def verify(path: str | Path, *, exif: bool = False) -> tuple[int, int]:
-    """Decode (JPEG at draft scale) and convert, raising BotError if the file is unusable; (width, height) of the
-    stored pixel grid, or as oriented when `exif`."""
+def oriented_size(path: str | Path, *, exif: bool = True) -> tuple[int, int]:
+    """(width, height) from the header, as the image shows once its EXIF orientation is applied (when `exif`)."""
     with open_image(path) as head:
         width, height = head.size
         orientation = head.getexif().get(0x0112, 1) if exif else 1
-    to_rgb(decode(path, draft=True), path)
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def verify(path: str | Path, *, exif: bool = False) -> tuple[int, int]:
+    """Decode (JPEG at draft scale) and convert, raising BotError if the file is unusable; (width, height) of the
+    stored pixel grid, or as oriented when `exif`."""
+    size = oriented_size(path, exif=exif)
+    to_rgb(decode(path, draft=True), path)
+    return size
 
 
 def check_all(fn, items: list) -> list:

@@ -29,7 +29,7 @@ from .weights import WEIGHTS_NAME, check_checkpoint, load_backbone, save_classif
 
 SYNTHETIC = "synthetic-shapes"
 OPTION_KEYS = {"data": "data.path", "recipe": "recipe", "arch": "model.arch", "epochs": "train.epochs",
-               "batch_size": "train.batch_size", "lr": "train.lr", "image_size": "data.image_size",
+               "batch_size": "train.batch_size", "lr": "train.lr", "image_size": "data.image_size", "loader": "data.loader",
                "precision": "train.precision", "device": "train.device", "workers": "data.workers",
                "seed": "train.seed",
                "compile_model": "train.compile", "teacher": "train.teacher", "init_weights": "train.init_weights"}
@@ -51,6 +51,9 @@ def defaults(options: dict, sets=()) -> dict:
 
 def check(cfg: dict) -> None:
     parse_arch(cfg["model"]["arch"])
+    if cfg["data"]["loader"] == "dali":
+        from .dali_loader import require_dali
+        require_dali()
     if "teacher" in cfg.get("requires", []) and not cfg["train"]["teacher"]:
         raise BotError(f"recipe {cfg['recipe']!r} distils from a teacher: give --teacher RUN_DIR|FILE.safetensors")
     check_checkpoint(cfg["train"]["init_weights"], cfg["model"]["arch"])
@@ -110,6 +113,9 @@ def train_session(session: Session) -> dict:
     num_classes = len(data.classes)
     per_rank = session.per_rank(t["batch_size"])
     train_loader, sampler, val_loader = build_loaders(data, ctx, per_rank, d["workers"], seed)
+    if d["loader"] == "dali":
+        from .dali_loader import DaliTrainLoader
+        train_loader = DaliTrainLoader(data.train, sampler, per_rank, d, ctx.device, threads=d["workers"])
     data.device_pipeline.channels_last = session.channels_last
     lr = t["lr"] if t["lr"] is not None else scaled_lr(o["base_lr"], t["batch_size"], o["base_batch"])
 

@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.py: its --smoke mode end to end (the stages as processes, the measurements in-process, the
 --json file), its pass/fail rule for a stage run, and the README table rendered from its JSON."""
+import importlib.util
 import json
 import math
 import subprocess
@@ -61,7 +62,9 @@ def test_smoke_mode_end_to_end(tmp_path):
     assert all(c["ok"] for c in checks.values()), checks
     names = list(data)
     assert sum("bot step / bare loop" in n for n in names) == 2          # eager and compiled
-    assert sum("from JPEGs / GPU-resident" in n for n in names) == 2
+    assert sum(": from JPEGs / GPU-resident" in n for n in names) == 2
+    dali = importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.dali") is not None
+    assert sum("DALI from JPEGs / GPU-resident" in n for n in names) == int(dali)   # --loader dali, when installed
     assert any(n.startswith("Faster R-CNN") for n in names) and any(n.startswith("FCN") for n in names)
     for name, e in data.items():
         assert e["baseline"] > 0 and e["bot"] > 0 and e["unit"], name
