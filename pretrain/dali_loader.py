@@ -22,7 +22,7 @@ from bot.engine.distributed import EpochSampler, seeded_sample
 from bot.engine.errors import BotError
 from bot.engine.images import oriented_size
 
-from .data import SeededSplit, _crop_flip_jitter
+from .data import SeededSplit, crop_flip_jitter
 
 INSTALL_HINT = "pip install 'bot[dali]' (nvidia-dali-cuda130; nvidia-dali-cuda120 for a CUDA 12 build of torch)"
 
@@ -53,7 +53,7 @@ class AugmentationDraws:
     """
 
     def __init__(self, cfg: dict):
-        self.crop, self.flip, self.jitter, _ = _crop_flip_jitter(cfg)
+        self.crop, self.flip, self.jitter, _ = crop_flip_jitter(cfg)
         self.pca_noise = cfg["pca_noise"]
 
     def __call__(self, width: int, height: int) -> SampleDraws:

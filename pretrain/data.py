@@ -49,7 +49,10 @@ def val_resize(image_size: int) -> int:
     return int(round(image_size * 256 / 224))
 
 
-def _crop_flip_jitter(cfg: dict) -> list:
+def crop_flip_jitter(cfg: dict) -> list:
+    """The random half of the training augmentation, in the order it draws: crop, flip, jitter (+ to uint8 tensor).
+
+    `--loader dali` draws its parameters from these same objects (pretrain/dali_loader.py)."""
     cj = cfg["color_jitter"]
     return [v2.RandomResizedCrop(cfg["image_size"], scale=tuple(cfg["scale"]), ratio=tuple(cfg["ratio"]), antialias=True),
             v2.RandomHorizontalFlip(),
@@ -65,7 +68,7 @@ class TrainCrop:
     """
 
     def __init__(self, cfg: dict):
-        self.augment, self.pca_noise = v2.Compose(_crop_flip_jitter(cfg)), cfg["pca_noise"]
+        self.augment, self.pca_noise = v2.Compose(crop_flip_jitter(cfg)), cfg["pca_noise"]
 
     def __call__(self, img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
         crop = self.augment(img)
@@ -74,7 +77,7 @@ class TrainCrop:
 
 def train_transform(cfg: dict, mean=PAPER_MEAN, std=PAPER_STD):
     """The whole augmentation per sample on the CPU (the reference for TrainCrop + DevicePipeline)."""
-    return v2.Compose([*_crop_flip_jitter(cfg), v2.ToDtype(torch.float32, scale=True), Lighting(cfg["pca_noise"]),
+    return v2.Compose([*crop_flip_jitter(cfg), v2.ToDtype(torch.float32, scale=True), Lighting(cfg["pca_noise"]),
                        v2.Normalize(mean, std)])
 
 
