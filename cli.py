@@ -24,7 +24,7 @@ SHARED_TRAINING_OPTIONS = [
     click.option("--device", help="cpu, cuda, cuda:N (default: cuda if available)."),
     click.option("--workers", type=int, help="DataLoader workers per process."),
     click.option("--seed", type=int),
-    click.option("--compile/--no-compile", "compile_model", default=None, help="torch.compile the network (off by default)."),
+    click.option("--compile/--no-compile", "compile", default=None, help="torch.compile the network (off by default)."),
     click.option("--resume", is_flag=True, help="Continue the interrupted run in --out."),
     click.option("--nproc", type=int, default=1, show_default=True, help="Launch this many processes on this machine (torchrun)."),
 ]
@@ -75,7 +75,7 @@ def main():
                                "(NVIDIA DALI decoding on the GPU; pip install 'bot[dali]').")
 @training_options
 @click.option("--teacher", help="Distillation teacher: a pretrain run dir, any ResNet weights file (see `bot inspect`) or timm:NAME.")
-@click.option("--init", "init_weights", help="Start from these weights: a run dir, any ResNet weights file or timm:NAME.")
+@click.option("--init", "init", help="Start from these weights: a run dir, any ResNet weights file or timm:NAME.")
 @click.option("--out", type=click.Path(), help="Run directory (default: runs/pretrain-<recipe>).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other recipe key; repeatable.")
 def pretrain(nproc, **options):

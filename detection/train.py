@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from bot.engine.config import load_yaml, overlay
+from bot.engine.config import given, load_yaml, overlay
 from bot.engine.distributed import EpochSampler, broadcast_object
 from bot.engine.errors import BotError
 from bot.engine.precision import Precision
@@ -28,14 +28,14 @@ OPTION_KEYS = {"backbone": "model.backbone", "arch": "model.arch", "detector": "
                "val_set": "data.val_set", "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
                "image_size": "data.min_size", "max_size": "data.max_size", "precision": "train.precision",
                "device": "train.device", "workers": "data.workers", "seed": "train.seed",
-               "compile_model": "train.compile"}
+               "compile": "train.compile"}
 RENAMED = {"backbone": "model.backbone", "device": "train.device"}
 
 
 def defaults(options: dict, sets=()) -> dict:
     """defaults.yaml, then synthetic.yaml when no real data is given."""
     cfg = load_yaml(HERE / "defaults.yaml")
-    if parse_spec(options.get("data.spec"))[0] == "synthetic":
+    if parse_spec(given(options, sets, "data.spec"))[0] == "synthetic":
         overlay(cfg, load_yaml(HERE / "synthetic.yaml"), HERE / "synthetic.yaml")
     if options.get("data.min_size") is not None and options.get("data.max_size") is None:
         options["data.max_size"] = round(options["data.min_size"] * 1000 / 600)  # the reference 600/1000 ratio

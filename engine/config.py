@@ -34,6 +34,17 @@ def parse_value(text: str):
         return text
 
 
+def given(options: dict, sets, key: str):
+    """`key`'s value as the command line gives it (a `--set`, which wins, else an option), None if not given.
+
+    For the stages' defaults, which choose the synthetic overlay before the options and sets are applied."""
+    for pair in reversed(tuple(sets)):
+        name, _, text = pair.partition("=")
+        if name.strip() == key:
+            return parse_value(text.strip())
+    return options.get(key)
+
+
 def set_key(config: dict, dotted: str, value, source: str = "--set", origins: dict | None = None,
             renamed: dict | None = None) -> None:
     """Set `a.b.c` in a nested dict; the key must already exist, so a typo is an error, not a silent no-op.

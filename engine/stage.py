@@ -80,10 +80,11 @@ def resumed_config(stage: StageDef, out: Path, options: dict, sets=()) -> dict:
     migrate(cfg, stage.renamed)
     stage.upgrade(cfg)
     specs = stage.schema()
-    unknown = [k for k in flatten(cfg) if k not in specs and not any(s.startswith(k + ".") for s in specs)
+    flat = flatten(cfg)
+    unknown = [k for k in flat if k not in specs and not any(s.startswith(k + ".") for s in specs)
                and not any(k.startswith(s + ".") for s in specs)  # inside a free-form value (model.normalize)
                and k.split(".")[0] not in ("recipe", "requires", "description")]
-    missing = [k for k in specs if k not in flatten(cfg) and not any(k.startswith(f + ".") for f in flatten(cfg))]
+    missing = [k for k in specs if k not in flat and not any(k.startswith(f + ".") for f in flat)]
     if unknown or len(missing) > len(specs) // 2:
         raise BotError(f"{run.config_file}: not a {stage.command} run's config (unknown key {(unknown or missing)[0]!r})")
     keyed = {stage.option_keys[k]: v for k, v in options.items() if v is not None}
@@ -95,8 +96,11 @@ def resumed_config(stage: StageDef, out: Path, options: dict, sets=()) -> dict:
         raise BotError(f"--resume continues {run.config_file} as configured: {', '.join(refused)} cannot change "
                        f"(allowed with --resume: {allowed})")
     origins: dict = {}
-    for k in missing:  # keys added since the run was written take their defaults
-        node, default = cfg, stage.defaults({}, ())
+    # keys added since the run was written take the defaults of this run's own recipe and data (the synthetic
+    # overlay only for a synthetic run)
+    base = run_defaults(stage, flat) if missing else {}
+    for k in missing:
+        node, default = cfg, base
         for part in k.split(".")[:-1]:
             node, default = node.setdefault(part, {}), default[part]
         node[k.split(".")[-1]] = default[k.split(".")[-1]]
@@ -104,6 +108,15 @@ def resumed_config(stage: StageDef, out: Path, options: dict, sets=()) -> dict:
     apply_sets(cfg, sets, origins=origins, renamed=stage.renamed)
     validate(cfg, specs, {**{k: str(run.config_file) for k in specs}, **origins})
     return cfg
+
+
+def run_defaults(stage: StageDef, flat: dict) -> dict:
+    """The stage's defaults for a run's own values (its recipe, its data); the plain defaults when its recipe file
+    is gone."""
+    try:
+        return stage.defaults(dict(flat), ())
+    except BotError:
+        return stage.defaults({}, ())
 
 
 def check_writable(path: Path, what: str) -> None:

@@ -11,6 +11,8 @@ file naming, `resnet50-11ad3fa6.pth`), state-dict (anything else).
 """
 from __future__ import annotations
 
+import os
+
 import math
 import pickle
 import re
@@ -151,7 +153,8 @@ def read_checkpoint(source: str | Path, arch: str | None = None) -> Checkpoint:
         path, timm_name, _ = resolve_timm(source)
     else:
         path = resolve_path(source)
-        timm_name, cache_cfg = describe_cached_file(path.resolve())
+        # absolute, not resolved: a snapshot file is a symlink into blobs/, and the snapshot path names the repo
+        timm_name, cache_cfg = describe_cached_file(Path(os.path.abspath(path)))
     from_timm = timm_name is not None  # the file is timm's own: timm:NAME or a timm repo in the HF cache
     if from_timm:
         name = f"timm:{timm_name}"

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from bot.engine import distributed as dist
+from bot.engine.config import given
 from bot.engine.errors import BotError
 from bot.engine.loop import unwrap
 from bot.engine.precision import Precision
@@ -32,13 +33,13 @@ OPTION_KEYS = {"data": "data.path", "recipe": "recipe", "arch": "model.arch", "e
                "batch_size": "train.batch_size", "lr": "train.lr", "image_size": "data.image_size", "loader": "data.loader",
                "precision": "train.precision", "device": "train.device", "workers": "data.workers",
                "seed": "train.seed",
-               "compile_model": "train.compile", "teacher": "train.teacher", "init_weights": "train.init_weights"}
+               "compile": "train.compile", "teacher": "train.teacher", "init": "train.init_weights"}
 
 
 def defaults(options: dict, sets=()) -> dict:
     """The recipe's full config, scaled to the synthetic set when no data path is given."""
     cfg = load_recipe(options.pop("recipe", None) or "resnet50d")
-    if options.get("data.path") is None and not any(s.split("=", 1)[0].strip() == "data.path" for s in sets):
+    if given(options, sets, "data.path") is None:
         apply_synthetic_scale(cfg)
     device = options.get("train.device") or cfg["train"]["device"]
     if cfg["train"]["precision"] == "fp16" and options.get("train.precision") is None and \

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bot.engine.config import load_yaml
+from bot.engine.config import given, load_yaml, overlay
 from bot.engine.errors import BotError
 from bot.engine.precision import Precision
 from bot.engine.progress import report
@@ -35,15 +35,14 @@ CLI_KEYS = {"backbone": "model.backbone", "arch": "model.arch", "data": "data.sp
             "batch_size": "train.batch_size", "lr": "train.lr", "base_size": "data.base_size",
             "crop_size": "data.crop_size", "norm": "model.norm", "aux": "model.aux", "precision": "train.precision",
             "device": "train.device", "workers": "data.workers", "seed": "train.seed",
-               "compile_model": "train.compile"}
+               "compile": "train.compile"}
 
 
 def defaults(options: dict, sets=()) -> dict:
     """defaults.yaml, then synthetic.yaml when no --data is given."""
     cfg = default_config()
-    if not options.get("data.spec") and not any(s.split("=", 1)[0].strip() == "data.spec" for s in sets):
-        for block, values in load_yaml(HERE / "synthetic.yaml").items():
-            cfg[block].update(values)
+    if not given(options, sets, "data.spec"):
+        overlay(cfg, load_yaml(HERE / "synthetic.yaml"), HERE / "synthetic.yaml")
     return cfg
 
 

@@ -243,7 +243,11 @@ def fake_hub(root, repo_name: str, state: dict, config: dict | None = None):
     snap.mkdir(parents=True)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(snap.name)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(snap / "model.safetensors"))
+    # as huggingface_hub lays a repo out: the snapshot's files are symlinks into blobs/
+    (repo / "blobs").mkdir()
+    blob = repo / "blobs" / "5f1e"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(blob))
+    (snap / "model.safetensors").symlink_to(blob)
     if config is not None:
         (snap / "config.json").write_text(json.dumps(config))
     return snap / "model.safetensors"

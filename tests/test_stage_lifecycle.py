@@ -135,6 +135,38 @@ def test_old_config_keys_still_resume(tmp_path):
     assert again["optim"]["weight_decay"] == 5e-5
 
 
+def test_keys_added_since_a_run_take_that_runs_defaults(tmp_path):
+    """A real-data run resumed after new keys appeared gets the real-data defaults, not the synthetic overlay's."""
+    from bot.detection.train import STAGE as DETECT
+    from bot.detection.train import resolve_config as detect_config
+    from bot.engine.stage import resumed_config
+    cfg = detect_config({"backbone": "resnet18d", "data": "voc:/data/VOCdevkit"})
+    del cfg["train"]["clip_grad"], cfg["model"]["box_score_thresh"], cfg["model"]["c4"]["rpn_post_nms_top_n_test"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    again = resumed_config(DETECT, tmp_path, {})
+    # defaults.yaml's values; synthetic.yaml would give 10.0, 0.001 and 50
+    assert again["train"]["clip_grad"] == "auto" and again["model"]["box_score_thresh"] == 0.05
+    assert again["model"]["c4"]["rpn_post_nms_top_n_test"] == 300
+
+
+def test_data_given_by_set_chooses_the_real_data_defaults():
+    from bot.detection.train import resolve_config as detect_config
+    by_set = detect_config({"backbone": "resnet18d"}, ["data.spec=voc:/data/VOCdevkit"])
+    by_option = detect_config({"backbone": "resnet18d", "data": "voc:/data/VOCdevkit"})
+    assert by_set == by_option and by_set["data"]["min_size"] == 600 and by_set["train"]["epochs"] == 20
+
+
+@pytest.mark.parametrize("flag,key", [("--init", "train.init_weights"), ("--compile", "train.compile")])
+def test_messages_name_the_flag_as_typed(tmp_path, flag, key):
+    import bot.pretrain.train as pt
+    from bot.engine.stage import flag_of
+    assert flag_of(pt.STAGE, key) == flag
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(pt.resolve_config("resnet50d")))
+    value = [str(tmp_path / "w.safetensors")] if flag == "--init" else []
+    line = one_error(["pretrain", "--out", tmp_path, "--resume", flag, *value])
+    assert f"{flag} cannot change" in line
+
+
 def test_resume_takes_safe_overrides_and_refuses_the_rest(tmp_path):
     import bot.pretrain.train as pt
     from bot.engine.stage import resumed_config
