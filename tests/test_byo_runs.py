@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from bot.cli import main
 from bot.engine.rundir import sha256_file
+from detect_helpers import assert_rebuilt_detector_reproduces_the_run
 
 DETECT_TINY = ["--epochs", "1", "--image-size", "64", "--batch-size", "4", "--set", "data.synthetic.n_train=8",
                "--set", "data.synthetic.n_test=4", "--set", "data.synthetic.size=64", "--set", "train.warmup_iters=1"]
@@ -73,6 +74,7 @@ def test_finetune_summaries_record_the_third_party_backbone(files, runs):
     res = invoke(["evaluate-detect", "--weights", runs["detect_tv"], "--out", files["root"] / "eval.json"])
     again = json.loads((files["root"] / "eval.json").read_text())["metrics"]
     assert again["voc07_map50"] == pytest.approx(summary(runs["detect_tv"])["metrics"]["voc07_map50"], abs=1e-6), res.output
+    assert_rebuilt_detector_reproduces_the_run(runs["detect_tv"])  # the mAP above is 0 at this scale: compare the boxes
 
 
 def test_pretrain_init_and_teacher_from_third_party_files(files, runs):
@@ -84,7 +86,8 @@ def test_pretrain_init_and_teacher_from_third_party_files(files, runs):
     # one epoch moved the weights away from the init, but not into something else: the stem is close to it
     init = torch.load(files["tv"], weights_only=True)
     after = load_file(str(runs["pre"] / "model.safetensors"))
-    assert 0 < (after["conv1.weight"] - init["conv1.weight"]).abs().max() < 0.5
+    # (measured: 0.014 after the epoch; two independent random stems differ by about 0.13)
+    assert 0 < (after["conv1.weight"] - init["conv1.weight"]).abs().max() < 0.05
 
 
 def test_teacher_class_count_is_checked_against_the_data(files, tiny_imagefolder, tmp_path):

@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -405,9 +406,14 @@ def test_wall_time_adds_up_over_resumes(tiny_imagefolder, tmp_path):
 
     with pytest.raises(Interrupted):
         pt.train(cfg, tmp_path / "run", on_step=stop)
-    before = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["extra"]["wall_seconds"]
+    state = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)
+    assert state["extra"]["wall_seconds"] > 0
+    # an earlier session that took 1000 s: the summary must add this session's time to it, not restart the clock
+    state["extra"]["wall_seconds"] = 1000.0
+    torch.save(state, tmp_path / "run" / "last.ckpt")
+    tic = time.time()
     summary = pt.train(cfg, tmp_path / "run", resume=True)
-    assert before > 0 and summary["wall_seconds"] > before
+    assert 1000 < summary["wall_seconds"] <= 1000 + (time.time() - tic)
 
 
 def test_compiled_network_trains_to_the_same_weights(tiny_imagefolder, tmp_path):
