@@ -36,13 +36,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bot.engine.device_pipeline import DevicePipeline
+from bot.engine.distributed import DistContext, EpochSampler
+from bot.engine.launch import bot_argv
+from bot.engine.precision import Precision
+from results import add_json_option, bare_rate, entry, fit_rate, machine, print_table, write_json
 
-from bot.engine.device_pipeline import DevicePipeline  # noqa: E402
-from bot.engine.distributed import DistContext, EpochSampler  # noqa: E402
-from bot.engine.precision import Precision  # noqa: E402
-from results import add_json_option, bare_rate, entry, fit_rate, machine, print_table, write_json  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def write_jpeg_folder(root: Path, sizes: Sizes) -> Path:
 
 # ---- (a) the stages as processes ------------------------------------------------------------------------------
 def stage_commands(sizes: Sizes, data: Path, out: Path) -> dict[str, list[str]]:
-    """Each stage under each precision, ~stage_steps steps, as `bot` command lines (without `python -m cli`)."""
+    """Each stage under each precision, ~stage_steps steps, as `bot` command lines (without the `python -P -m bot.cli` launcher)."""
     def common(batch):
         return ["--device", sizes.device, "--epochs", "1", "--batch-size", str(batch), "--set", "train.log_every=1"]
     det_size, det_n, seg_n = max(64, sizes.stage_image // 2), sizes.stage_steps * sizes.det_batch, sizes.stage_steps * sizes.seg_batch
@@ -137,10 +137,8 @@ def stage_commands(sizes: Sizes, data: Path, out: Path) -> dict[str, list[str]]:
 
 def launch(args: list[str], log: Path, threads: int | None = None) -> subprocess.Popen:
     """Start one bot command as its own process (the way a user runs it), output to `log`."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    return subprocess.Popen([sys.executable, "-m", "bot.cli", *args], cwd=ROOT, env=env, stdout=log.open("w"),
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
+    return subprocess.Popen([*bot_argv(), *args], cwd=ROOT, env=env, stdout=log.open("w"),
                             stderr=subprocess.STDOUT)
 
 

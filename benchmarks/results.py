@@ -52,11 +52,8 @@ def write_json(path: str | None, measurements: dict) -> None:
         return
     stamp = {"command": "python " + " ".join(sys.argv), "date": datetime.date.today().isoformat(), "machine": machine()}
     out = {name: {**e, **stamp} if "ratio" in e else e for name, e in measurements.items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    tmp.replace(path)
+    from bot.engine.rundir import atomic_write_text
+    atomic_write_text(Path(path), json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}")
 
 

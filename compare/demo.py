@@ -131,7 +131,7 @@ def demo_epochs(recipe: str) -> int:
 
 
 def demo_arch(recipe: str, depth: int) -> str:
-    """The recipe's ResNet variant (A/B/C/D) at the demo's depth: baseline (resnet50a) -> resnet18a."""
+    """The recipe's ResNet variant (A/B/C/D) at the demo's depth: baseline (resnet50a) -> resnet10a."""
     return f"resnet{depth}{recipe_info(recipe)['variant'].lower()}"
 
 

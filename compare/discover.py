@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from bot.engine.errors import BotError
+from bot.engine.errors import BotError, first_line
 
 MARKERS = ("summary.json", "config.yaml", "metrics.jsonl", "last.ckpt")
 TASKS = ("pretrain", "detect", "segment")
@@ -117,7 +117,7 @@ def read_run(path: Path, out: Discovery) -> None:
         try:
             config = yaml.safe_load((path / "config.yaml").read_text())
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-            out.warnings.append(f"{path / 'config.yaml'}: unreadable ({str(e).splitlines()[0]}); using summary.json only")
+            out.warnings.append(f"{path / 'config.yaml'}: unreadable ({first_line(e)}); using summary.json only")
     backbone = dict(summary.get("backbone") or {})
     if summary["task"] == "pretrain" and not backbone.get("sha256") and (path / "model.safetensors").exists():
         from bot.engine.rundir import sha256_file

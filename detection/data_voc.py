@@ -26,9 +26,6 @@ from bot.engine.images import IMAGE_EXTENSIONS, is_image_file
 
 from .records import ImageRecord, Split, clip_and_filter, voc_to_coco_gt
 
-VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
-               "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
-
 
 def read_names_file(path: Path) -> list[str]:
     """One class name a line; a UTF-8 BOM and CRLF line ends are tolerated."""

@@ -4,7 +4,6 @@ VOC and COCO metrics, and the `bot evaluate-detect` command (a results file, or 
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 from bot.engine.errors import BotError
 from bot.engine.rundir import atomic_write_text, check_output_file
 
+from .data_coco import check_bbox, is_number
 from .metrics_coco import evaluate_coco
 from .metrics_voc import evaluate_voc
 from .data_voc import legacy_image_id
@@ -115,20 +115,12 @@ def read_coco_results(path: str | Path, split: Split) -> list[dict]:
         if type(category) is not int or category not in label_of:
             raise BotError(f"{where} has unknown category_id {json.dumps(category)[:40]}")
         bbox, score_ = r["bbox"], r["score"]
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite(v) for v in bbox)):
-            raise BotError(f"{where} bbox {json.dumps(bbox)[:60]} is not [x, y, w, h] of 4 finite numbers")
-        if bbox[2] < 0 or bbox[3] < 0:
-            raise BotError(f"{where} bbox {json.dumps(bbox)[:60]} has a negative width or height")
-        if not _finite(score_):
+        x, y, w, h = check_bbox(bbox, path, f"detection {i}")
+        if not is_number(score_):
             raise BotError(f"{where} score {json.dumps(score_)[:40]} is not a finite number")
-        x, y, w, h = (float(v) for v in bbox)
         out.append({"image_id": images[image_id], "label": label_of[category], "score": float(score_),
                     "box": [x, y, x + w, y + h]})
     return out
-
-
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def score(split: Split, detections: list[dict]) -> tuple[dict, dict, str]:

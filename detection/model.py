@@ -21,11 +21,11 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from bot.engine.errors import BotError
+from bot.engine.errors import BotError, first_line
 from bot.engine.weights_file import load_tensors, read_metadata, write_weights
 from bot.pretrain.weights import BackboneInfo, is_arch_name, load_backbone
 
-from .stages import STAGES, set_trainable  # noqa: F401  (re-exported: tests and the C4 builder use them)
+from .stages import STAGES, set_trainable
 
 NORMS = ("frozen", "bn", "syncbn")
 
@@ -187,6 +187,6 @@ def load_detector(source: str | Path) -> tuple[FasterRCNN, dict]:
     try:
         model.load_state_dict(load_tensors(path))
     except Exception as e:
-        raise BotError(f"{path}: weights do not fit the detector they describe ({str(e).splitlines()[0][:160]})") from None
+        raise BotError(f"{path}: weights do not fit the detector they describe ({first_line(e, 160)})") from None
     model.eval()
     return model, meta

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import BotError
+from .errors import BotError, first_line
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -20,7 +20,7 @@ def load_yaml(path: str | Path) -> dict:
     except OSError as e:
         raise BotError(f"{path}: cannot read ({e.strerror})") from None
     except yaml.YAMLError as e:
-        raise BotError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise BotError(f"{path}: not valid YAML ({first_line(e)})") from None
     if not isinstance(data, dict):
         raise BotError(f"{path}: expected a mapping of keys to values")
     return data

@@ -1,4 +1,4 @@
-"""The input pipeline's device half, batched, for every stage's training step: uint8 crops in, normalised float
+"""The input pipeline's device half, batched, for pretraining's training step: uint8 crops in, normalised float
 images out, with AlexNet-style PCA lighting from per-sample alphas (drawn in the data workers from each sample's
 seed, so a resumed run sees the same noise), and mixup over the batch.
 
@@ -62,18 +62,19 @@ class DevicePipeline:
             return out.mul_(scale.view(1, 3, 1, 1)).add_(offset[:, :, None, None])
 
 
-def mixup(images: torch.Tensor, targets: torch.Tensor, alpha: float, generator: torch.Generator):
+def mixup(images: torch.Tensor, targets: torch.Tensor, alpha: float, generator: torch.Generator | None):
     """x = lam x_i + (1 - lam) x_j and y = lam y_i + (1 - lam) y_j over a random pairing of the batch.
 
     Returns the mixed batch, the mixed target distributions, and lam. Randomness comes from `generator` (a CPU
-    generator) only, so a resumed run draws the same lam and pairing as an uninterrupted one.
+    generator), or when it is None from the global RNG, which engine.loop.seed_step seeds for every step: either
+    way a resumed run draws the same lam and pairing as an uninterrupted one.
     """
     lam = sample_beta(alpha, generator)
     perm = torch.randperm(images.shape[0], generator=generator).to(images.device, non_blocking=True)
     return lam * images + (1 - lam) * images[perm], lam * targets + (1 - lam) * targets[perm], lam
 
 
-def sample_beta(alpha: float, generator: torch.Generator) -> float:
+def sample_beta(alpha: float, generator: torch.Generator | None) -> float:
     """lam ~ Beta(alpha, alpha) as G1 / (G1 + G2), G ~ Gamma(alpha): torch.distributions.Beta takes no generator."""
     g = torch._standard_gamma(torch.full((2,), float(alpha), dtype=torch.float64), generator=generator)
     total = float(g.sum())

@@ -70,12 +70,6 @@ def open_image(path: str | Path) -> Image.Image:
     return im
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) from the header, without decoding."""
-    with open_image(path) as im:
-        return im.size
-
-
 def decode(path: str | Path, *, exif: bool = False, draft: bool = False) -> Image.Image:
     """The image fully decoded in its own mode (masks keep their class values). `draft` lets JPEG decode at 1/8
     scale: every byte is still read, so truncation is still found, at a fraction of the cost (for checks)."""

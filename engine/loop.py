@@ -138,19 +138,18 @@ def fit(*, model, optimizer, precision: Precision, schedule: Schedule, loader, s
         train_step: Callable, evaluate: Callable[[], dict], run: RunDir, ctx: DistContext, epochs: int,
         batch_size: int, eval_every: int = 1, log_every: int = 10, start: Position | None = None, seed: int = 0,
         extra_state: Callable[[], dict] | None = None, clip_grad: float = 0.0, task: str = "",
-        on_step: Callable[[Position], None] | None = None, check_every: int | None = None) -> dict:
+        on_step: Callable[[Position], None] | None = None) -> dict:
     """Train from `start` to `epochs`; return the last evaluation's metrics plus training throughput.
 
     `batch_size` is per rank; `on_step` runs after each optimiser step (tests use it to request an interrupt).
-    `check_every`: steps between host reads of the loss (default: every step on a CPU, `log_every` on a GPU).
     """
     pos = start or Position()
     saved = Position(pos.epoch, pos.batch_in_epoch, pos.step) if start is not None else None
     metrics: dict = {}
     images, train_seconds = 0, 0.0
     params = [p for p in model.parameters() if p.requires_grad]
-    if check_every is None:
-        check_every = 1 if ctx.device.type == "cpu" else max(1, log_every)
+    # steps between host reads of the loss: every step on a CPU (free), at each log line on a GPU (one sync)
+    check_every = 1 if ctx.device.type == "cpu" else max(1, log_every)
     pending: list[torch.Tensor] = []  # losses of the steps since the last host read
 
     def check(epoch: int) -> list[float]:
@@ -199,7 +198,7 @@ def fit(*, model, optimizer, precision: Precision, schedule: Schedule, loader, s
                     pos.step += 1
                     pos.batch_in_epoch += 1
                     images += n * ctx.world_size
-                    if pos.step % check_every == 0 or pos.step % log_every == 0:
+                    if pos.step % check_every == 0:
                         values = check(epoch)
                         loss_sum, loss_n = loss_sum + sum(values), loss_n + len(values)
                         elapsed = train_seconds + time.perf_counter() - tic

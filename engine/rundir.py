@@ -131,9 +131,6 @@ class RunDir:
         if self.enabled:
             atomic_write_text(self.config_file, yaml.safe_dump(config, sort_keys=False))
 
-    def read_config(self) -> dict:
-        return yaml.safe_load(self.config_file.read_text())
-
     def log(self, record: dict) -> None:
         if self.enabled:
             with open(self.metrics_file, "a") as f:

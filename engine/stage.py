@@ -24,7 +24,7 @@ import yaml
 
 from . import distributed as dist
 from .config import apply_options, apply_sets, migrate
-from .errors import BotError
+from .errors import BotError, first_line
 from .loop import fit, restore_state
 from .precision import Precision
 from .progress import report
@@ -74,7 +74,7 @@ def resumed_config(stage: StageDef, out: Path, options: dict, sets=()) -> dict:
     try:
         cfg = yaml.safe_load(run.config_file.read_text())
     except (OSError, yaml.YAMLError) as e:
-        raise BotError(f"{run.config_file}: cannot read the run's config ({str(e).splitlines()[0][:100]})") from None
+        raise BotError(f"{run.config_file}: cannot read the run's config ({first_line(e, 100)})") from None
     if not isinstance(cfg, dict):
         raise BotError(f"{run.config_file}: not a bot config (expected a mapping)")
     migrate(cfg, stage.renamed)

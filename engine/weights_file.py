@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save
 
-from .errors import BotError
+from .errors import BotError, first_line
 from .rundir import atomic_write_bytes, sha256_file
 
 ENCODING = 2
@@ -118,4 +118,4 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as e:  # truncated or corrupt: name the file, keep the first line of safetensors' reason
-        raise BotError(f"{path}: unreadable safetensors file ({str(e).splitlines()[0][:120]})") from None
+        raise BotError(f"{path}: unreadable safetensors file ({first_line(e, 120)})") from None

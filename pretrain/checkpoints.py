@@ -27,7 +27,6 @@ from bot.engine.rundir import sha256_file
 from bot.engine.weights_file import Metadata, is_safetensors, load_tensors, read_metadata
 
 from .arch_infer import check_fits, infer_arch, normalise_keys
-from .backbones import parse_arch
 from .hf_cache import describe_cached_file, resolve_timm, timm_pretrained_cfg
 
 WEIGHTS_NAME = "model.safetensors"
@@ -150,7 +149,7 @@ def read_checkpoint(source: str | Path, arch: str | None = None) -> Checkpoint:
     source = str(source)
     cache_cfg = {}  # a timm repo's config.json in the HF cache, beside the file
     if source.startswith("timm:"):
-        path, timm_name, _ = resolve_timm(source)
+        path, timm_name = resolve_timm(source)
     else:
         path = resolve_path(source)
         # absolute, not resolved: a snapshot file is a symlink into blobs/, and the snapshot path names the repo
@@ -215,8 +214,3 @@ def read_checkpoint(source: str | Path, arch: str | None = None) -> Checkpoint:
 
 def _cfg_dict(cfg) -> dict:
     return {"mean": cfg.mean, "std": cfg.std, "num_classes": cfg.num_classes} if cfg is not None else {}
-
-
-def describe_arch(arch: str) -> str:
-    name, depth, variant = parse_arch(arch)
-    return f"ResNet-{depth}-{variant.upper()} ({name})"

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from bot.engine.distributed import EpochSampler, seeded_sample
-from bot.engine.errors import BotError
+from bot.engine.errors import BotError, first_line
 from bot.engine.images import oriented_size
 
 from .data import SeededSplit, crop_flip_jitter
@@ -157,5 +157,5 @@ class DaliTrainLoader:
                 crops = self._crops()
             except RuntimeError as e:  # DALI names the failing operator and sample; keep its first line
                 path = self.split.folder.samples[keys[start][1]][0]
-                raise BotError(f"{path} (batch starting here): DALI failed: {str(e).strip().splitlines()[0]}") from None
+                raise BotError(f"{path} (batch starting here): DALI failed: {first_line(e)}") from None
             yield crops, alphas, labels

@@ -21,7 +21,7 @@ from torchvision.transforms import v2
 
 from bot.engine.device_pipeline import PCA_EIGVAL, PCA_EIGVEC, DevicePipeline, lighting_alphas
 from bot.engine.distributed import DistContext, EpochSampler, ShardSampler, seeded_sample
-from bot.engine.errors import BotError
+from bot.engine.errors import BotError, first_line
 from bot.engine.images import IMAGE_EXTENSIONS, check_all, is_image_file, read_rgb, verify
 from bot.engine.progress import report
 
@@ -40,8 +40,7 @@ class Lighting(torch.nn.Module):
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         if self.alphastd == 0:
             return img
-        alpha = torch.randn(3) * self.alphastd
-        rgb = self.eigvec @ (alpha * self.eigval)
+        rgb = self.eigvec @ (lighting_alphas(self.alphastd) * self.eigval)
         return img + rgb.view(3, 1, 1)
 
 
@@ -102,7 +101,7 @@ def image_folder(split_dir: Path) -> datasets.ImageFolder:
     try:
         folder = datasets.ImageFolder(str(split_dir), loader=load_rgb, is_valid_file=is_image_file)
     except FileNotFoundError as e:
-        raise BotError(f"{split_dir}: {str(e).splitlines()[0]}") from None
+        raise BotError(f"{split_dir}: {first_line(e)}") from None
     note_skipped_files(split_dir)
     return folder
 

@@ -36,8 +36,8 @@ def timm_pretrained_cfg(name: str):
         return None
 
 
-def resolve_timm(spec: str) -> tuple[Path, str, object]:
-    """`timm:NAME[.TAG]` -> (the cached weights file, the full timm name, its pretrained config)."""
+def resolve_timm(spec: str) -> tuple[Path, str]:
+    """`timm:NAME[.TAG]` -> (the cached weights file, the full timm name)."""
     name = spec.split(":", 1)[1].strip()
     cfg = timm_pretrained_cfg(name)
     if cfg is None:
@@ -56,7 +56,7 @@ def resolve_timm(spec: str) -> tuple[Path, str, object]:
         raise BotError(f"{spec}: not in the local Hugging Face cache (looked for {looked}); nothing is downloaded at "
                        f"run time: fetch it once with `hf download {repo} {names[0]}` where there is a network, "
                        "or point HF_HUB_CACHE / HF_HOME at the cache that holds it")
-    return found, full, cfg
+    return found, full
 
 
 def _cached(repo: str, filenames: list[str], cache: Path) -> Path | None:

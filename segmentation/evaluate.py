@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from bot.engine.distributed import DistContext, ShardSampler, setup
-from bot.engine.errors import BotError
+from bot.engine.errors import BotError, first_line
 from bot.engine.images import decode
 from bot.engine.rundir import atomic_write_text, check_output_file, check_output_folder
 from bot.engine.weights_file import load_tensors, write_weights
@@ -20,7 +20,7 @@ from .data import INDEX_MODES, SegDataset, SegSource, list_masks, list_pairs, re
 from .metrics import ConfusionMatrix, classes_scored, per_class_table
 from .transforms import eval_transform, pad_collate
 
-from .predict import PAD_MULTIPLE, predict_logits  # noqa: F401  (evaluate-seg's names for them)
+from .predict import PAD_MULTIPLE, predict_logits
 
 
 def ms_options(config: dict) -> dict:
@@ -91,7 +91,7 @@ def load_run_model(run: Path, config: dict):
         state = load_tensors(weights)
         model.load_state_dict(state, strict=True)
     except Exception as e:
-        raise BotError(f"{weights}: does not fit the network of {run / 'config.yaml'} ({str(e).splitlines()[0][:160]})") from None
+        raise BotError(f"{weights}: does not fit the network of {run / 'config.yaml'} ({first_line(e, 160)})") from None
     return model
 
 
@@ -130,7 +130,7 @@ def read_run_config(run: Path) -> dict:
     try:
         config = yaml.safe_load(config_file.read_text())
     except yaml.YAMLError as e:
-        raise BotError(f"{config_file}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise BotError(f"{config_file}: not valid YAML ({first_line(e)})") from None
     config = config if isinstance(config, dict) else {}
     model, data = config.get("model"), config.get("data")
     if not (isinstance(model, dict) and "head" in model and isinstance(data, dict) and "crop_size" in data
