@@ -24,30 +24,36 @@ from .predict import PAD_MULTIPLE, predict_logits
 
 
 def ms_options(config: dict) -> dict:
-    """The ms-flip settings of a finetune-seg config (its `eval` block and data.base_size; defaults.yaml's for a
-    config written before these keys existed)."""
+    """The ms-flip settings of a finetune-seg config (its `eval` block, data.base_size and the backbone's
+    normalisation, whose black pixel pads the small scales; defaults.yaml's for a config written before these keys
+    existed, GluonCV's ImageNet mean/std for one without model.normalize)."""
     from .data import default_config
+    from .multiscale import GLUONCV_MEAN, GLUONCV_STD, black
 
     e = {**default_config()["eval"], **config["eval"]}
+    norm = (config.get("model") or {}).get("normalize") or {"mean": GLUONCV_MEAN, "std": GLUONCV_STD}
     return {"scales": [float(s) for s in e["ms_scales"]], "flip": bool(e["ms_flip"]),
-            "base_size": int(e["ms_base_size"] or config["data"]["base_size"])}
+            "base_size": int(e["ms_base_size"] or config["data"]["base_size"]),
+            "pad_value": black(norm["mean"], norm["std"]), "batch": int(e["ms_batch"])}
 
 
 @torch.no_grad()
 def predict_labels(model, images: torch.Tensor, sizes, mode: str, window: int, overlap: float,
                    ms: dict | None = None) -> torch.Tensor:
     """Predicted class ids (B, H, W) of a padded batch; ms-flip scores each image at its own size (`sizes`), so
-    that no padding is rescaled with it, and leaves class 0 on the padding (labelled ignore)."""
+    that no padding is rescaled with it (the windows of all its images share forward passes), and leaves class 0
+    on the padding (labelled ignore)."""
     if mode != "ms-flip":
         return predict_logits(model, images, mode, window, overlap).argmax(1)
     if not ms:
         raise BotError("eval.mode ms-flip: needs eval.ms_scales, eval.ms_flip and a base size")
-    from .multiscale import ms_flip_probs
+    from .multiscale import iter_ms_flip_scores
 
     pred = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.int64, device=images.device)
-    for i, (h, w) in enumerate(sizes):
-        probs = ms_flip_probs(model, images[i:i + 1, :, :h, :w], window=window, overlap=overlap, **ms)
-        pred[i, :h, :w] = probs.argmax(1)[0]
+    crops = [images[i, :, :h, :w] for i, (h, w) in enumerate(sizes)]
+    for i, scores in iter_ms_flip_scores(model, crops, window=window, overlap=overlap, **ms):
+        h, w = sizes[i]
+        pred[i, :h, :w] = scores.argmax(0)
     return pred
 
 
