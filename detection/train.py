@@ -144,7 +144,7 @@ def train_session(session: Session) -> dict:
         return sum(losses.values()), len(images), {k: v.detach() for k, v in losses.items()}
 
     def evaluate() -> dict:
-        dets, speed = predict(model, val_ds, ctx, batch, d["workers"])
+        dets, speed = predict(model, val_ds, ctx, batch, d["workers"], t["precision"])
         last["eval_images_per_second"] = speed * ctx.world_size
         result = None
         if ctx.is_main:
@@ -163,6 +163,7 @@ def train_session(session: Session) -> dict:
         save_detector(model, run.weights_file, {
             "classes": train_split.classes, "category_ids": train_split.category_ids, "model": m,
             "min_size": d["min_size"], "max_size": d["max_size"], "mean": list(info.mean), "std": list(info.std),
+            "precision": t["precision"],  # evaluate-detect --weights evaluates under it (on CUDA)
             "backbone": info.summary() | {"variant": info.variant}, "synthetic": d["synthetic"]})
         summary = session.finish({
             "metrics": result["metrics"], "per_class": last.get("per_class"), "backbone": info.summary(),

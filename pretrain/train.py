@@ -16,7 +16,7 @@ from bot.engine import distributed as dist
 from bot.engine.config import given
 from bot.engine.errors import BotError
 from bot.engine.loop import unwrap
-from bot.engine.precision import Precision
+from bot.engine.precision import Precision, eval_autocast
 from bot.engine.progress import report
 from bot.engine.schedules import Schedule, scaled_lr
 from bot.engine.stage import Session, StageDef, launch, run_config
@@ -166,7 +166,7 @@ def train_session(session: Session) -> dict:
         counts = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # summed on the device, read once
         for images, labels in val_loader:
             images, labels = session.inputs(images), labels.to(ctx.device, non_blocking=True)
-            with precision.autocast():
+            with eval_autocast(t["precision"], ctx.device):
                 logits = model(images)
             top5 = logits.float().topk(min(5, num_classes), dim=1).indices
             hit = top5 == labels[:, None]

@@ -13,6 +13,7 @@ from PIL import Image
 from bot.engine.distributed import DistContext, ShardSampler, setup
 from bot.engine.errors import BotError, first_line
 from bot.engine.images import decode
+from bot.engine.precision import eval_autocast
 from bot.engine.rundir import atomic_write_text, check_output_file, check_output_folder
 from bot.engine.weights_file import load_tensors, write_weights
 
@@ -59,8 +60,10 @@ def predict_labels(model, images: torch.Tensor, sizes, mode: str, window: int, o
 
 @torch.no_grad()
 def confusion(model, dataset: SegDataset, ctx: DistContext, *, batch_size: int, mode: str, window: int,
-              overlap: float, workers: int = 0, on_batch=None, ms: dict | None = None) -> ConfusionMatrix:
-    """The confusion matrix of `model` on `dataset`, each image scored once over all ranks, then summed."""
+              overlap: float, workers: int = 0, on_batch=None, ms: dict | None = None,
+              precision: str = "fp32") -> ConfusionMatrix:
+    """The confusion matrix of `model` on `dataset`, each image scored once over all ranks, then summed. The network
+    runs under the run's `precision` as engine.precision.eval_autocast says; scores and counts stay fp32 or wider."""
     source = dataset.source
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), ctx), num_workers=workers,
@@ -69,7 +72,8 @@ def confusion(model, dataset: SegDataset, ctx: DistContext, *, batch_size: int, 
     model.eval()
     cm = ConfusionMatrix(source.num_classes, source.ignore_index)
     for images, masks, sizes, indices in loader:
-        pred = predict_labels(model, images.to(ctx.device), sizes, mode, window, overlap, ms)
+        with eval_autocast(precision, ctx.device):
+            pred = predict_labels(model, images.to(ctx.device), sizes, mode, window, overlap, ms)
         cm.update(pred, masks)  # padding is labelled ignore, so it counts nowhere; on a GPU, counted there
         if on_batch is not None:
             on_batch(pred.cpu(), sizes, indices)
@@ -188,7 +192,7 @@ def run_from_cli(*, run=None, predictions=None, data=None, split=None, num_class
                     Image.fromarray(p[:h, :w].numpy().astype(np.uint8), mode="L").save(out_dir / f"{dataset.pairs[i][0].stem}.png")
         cm = confusion(model, dataset, ctx, batch_size=batch_size or config["eval"]["batch_size"],
                        mode=mode or config["eval"]["mode"], window=d["crop_size"], overlap=config["eval"]["slide_overlap"],
-                       on_batch=saver, ms=ms_options(config))
+                       on_batch=saver, ms=ms_options(config), precision=config["train"].get("precision", "fp32"))
     else:
         source = _source(data, num_classes, ignore_index, class_names)
         split = split or source.splits[1]

@@ -160,7 +160,7 @@ def train_session(session: Session) -> dict:
         mode = mode or ("whole" if cfg["eval"]["mode"] == "ms-flip" else cfg["eval"]["mode"])
         cm = confusion(model, val_set, ctx, batch_size=cfg["eval"]["batch_size"], mode=mode,
                        window=d["crop_size"], overlap=cfg["eval"]["slide_overlap"], workers=d["workers"],
-                       ms=ms_options(cfg))
+                       ms=ms_options(cfg), precision=t["precision"])
         last["result"] = cm.compute()
         return headline(last["result"])
 
