@@ -36,7 +36,7 @@ def predict(model, dataset, ctx, batch_size: int = 4, workers: int = 0, precisio
     from .data import collate
 
     loader = DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), ctx),
-                        num_workers=workers, collate_fn=collate)
+                        num_workers=workers, collate_fn=collate, pin_memory=ctx.device.type == "cuda")
     was_training = model.training
     model.eval()
     out, n, tic = [], 0, time.perf_counter()

@@ -94,6 +94,13 @@ def run_finetune(cfg: dict, out: str | Path, resume: bool = False, on_step=None)
     return run_config(STAGE, train_session, cfg, Path(out), resume, on_step)
 
 
+def targets_to(targets: list[dict], device: torch.device) -> list[dict]:
+    """The boxes and labels the detector trains on, copied to `device` without blocking: from the loader's pinned
+    memory on CUDA these copies queue behind the step instead of syncing twice per image."""
+    return [{"boxes": t["boxes"].to(device, non_blocking=True), "labels": t["labels"].to(device, non_blocking=True)}
+            for t in targets]
+
+
 def train_session(session: Session) -> dict:
     cfg, ctx, run = session.cfg, session.ctx, session.run
     d, m, t = cfg["data"], cfg["model"], cfg["train"]
@@ -139,7 +146,7 @@ def train_session(session: Session) -> dict:
     def train_step(batch_data):
         images, targets = batch_data
         images = [im.to(ctx.device, non_blocking=True) for im in images]
-        targets = [{"boxes": tg["boxes"].to(ctx.device), "labels": tg["labels"].to(ctx.device)} for tg in targets]
+        targets = targets_to(targets, ctx.device)
         losses = net(images, targets)
         return sum(losses.values()), len(images), {k: v.detach() for k, v in losses.items()}
 

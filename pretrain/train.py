@@ -99,6 +99,13 @@ def train(cfg: dict, out: str | Path, resume: bool = False, on_step=None) -> dic
     return run_config(STAGE, train_session, cfg, Path(out), resume, on_step)
 
 
+def topk_hits(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """(top-1 hits, top-k hits) of a batch as an int64 tensor on its device: nothing read back, no tensor made from
+    host values (on CUDA each would be a sync per validation batch)."""
+    hit = logits.float().topk(k, dim=1).indices == labels[:, None]
+    return torch.stack([hit[:, 0].sum(), hit.any(1).sum()])
+
+
 def train_session(session: Session) -> dict:
     cfg, ctx, out = session.cfg, session.ctx, session.out
     t, o, s, d = cfg["train"], cfg["optim"], cfg["schedule"], cfg["data"]
@@ -163,15 +170,14 @@ def train_session(session: Session) -> dict:
     @torch.no_grad()
     def evaluate() -> dict:
         model.eval()
-        counts = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # summed on the device, read once
+        hits, images_seen = torch.zeros(2, dtype=torch.int64, device=ctx.device), 0
         for images, labels in val_loader:
             images, labels = session.inputs(images), labels.to(ctx.device, non_blocking=True)
             with eval_autocast(t["precision"], ctx.device):
                 logits = model(images)
-            top5 = logits.float().topk(min(5, num_classes), dim=1).indices
-            hit = top5 == labels[:, None]
-            counts += torch.stack([hit[:, 0].sum(), hit.any(1).sum(), torch.tensor(labels.numel(), device=ctx.device)]).double()
-        counts = dist.all_reduce_sum(counts.cpu(), ctx)
+            hits += topk_hits(logits, labels, min(5, num_classes))  # summed on the device
+            images_seen += labels.shape[0]  # known on the host
+        counts = dist.all_reduce_sum(torch.cat([hits.cpu().double(), torch.tensor([float(images_seen)])]), ctx)
         model.train()
         return {"top1": float(counts[0] / counts[2]), "top5": float(counts[1] / counts[2])}
 

@@ -67,13 +67,13 @@ def confusion(model, dataset: SegDataset, ctx: DistContext, *, batch_size: int, 
     source = dataset.source
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), ctx), num_workers=workers,
-        collate_fn=lambda b: pad_collate(b, PAD_MULTIPLE, source.ignore_index))
+        collate_fn=lambda b: pad_collate(b, PAD_MULTIPLE, source.ignore_index), pin_memory=ctx.device.type == "cuda")
     was_training = model.training
     model.eval()
     cm = ConfusionMatrix(source.num_classes, source.ignore_index)
     for images, masks, sizes, indices in loader:
         with eval_autocast(precision, ctx.device):
-            pred = predict_labels(model, images.to(ctx.device), sizes, mode, window, overlap, ms)
+            pred = predict_labels(model, images.to(ctx.device, non_blocking=True), sizes, mode, window, overlap, ms)
         cm.update(pred, masks)  # padding is labelled ignore, so it counts nowhere; on a GPU, counted there
         if on_batch is not None:
             on_batch(pred.cpu(), sizes, indices)
