@@ -32,7 +32,7 @@ def test_compile_traces_the_trunk_once_over_variable_image_sizes():
     from torch._dynamo.utils import counters
 
     from bot.detection.train import compile_trunk
-    from test_eval_precision import tiny_detector
+    from detect_helpers import tiny_detector
 
     model = tiny_detector()
     keys = list(model.state_dict())

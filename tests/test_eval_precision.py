@@ -73,20 +73,9 @@ def test_segmentation_evaluation_runs_under_bf16_autocast_and_counts_exactly():
         assert abs(agree) < 0.05 * labelled  # bf16 logits flip few argmaxes
 
 
-def tiny_detector():
-    from bot.detection.model import build_detector
-    from bot.detection.train import HERE
-    from bot.engine.config import load_yaml, overlay
-
-    cfg = load_yaml(HERE / "defaults.yaml")
-    overlay(cfg, load_yaml(HERE / "synthetic.yaml"), HERE / "synthetic.yaml")
-    torch.manual_seed(0)
-    model, _ = build_detector("resnet18d", 3, {**cfg["model"], "detector": "fpn"}, 96, 128)
-    return model
-
-
 def test_detection_predict_runs_under_bf16_autocast_and_decodes_boxes_in_fp32():
     from bot.detection.evaluate import predict
+    from detect_helpers import tiny_detector
 
     model = tiny_detector()
     g = torch.Generator().manual_seed(1)
