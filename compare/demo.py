@@ -172,13 +172,6 @@ def run_subprocess(argv: list[str], log: Path | None = None, threads: int | None
         return subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
 
 
-def children_cpu() -> float:
-    """User + system CPU seconds of the finished child processes: the measure that stays put when others share the cores."""
-    import resource
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 def dependencies(steps: list[Step]) -> dict[int, set[int]]:
     """Step i waits for every earlier step whose run directory its arguments name (its --backbone or --teacher)."""
     deps = {}
