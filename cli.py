@@ -159,6 +159,9 @@ def compare(paths, **options):
 @click.option("--detect-args", default="", help="Extra `bot finetune-detect` options, quoted.")
 @click.option("--segment-args", default="", help="Extra `bot finetune-seg` options, quoted.")
 @click.option("--jobs", type=click.IntRange(min=1), help="Stage runs side by side, each on cores/jobs threads (default: 2 where there are 2 cores).")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run every row with N seeds (0..N-1; seed k > 0 in OUT/<stage>/<recipe>/seed<k>); compare shows "
+                   "their spread beside the image interval.")
 def demo(depth, **options):
     """Pretrain each recipe, fine-tune it for detection and segmentation on synthetic data, and compare (minutes on a CPU)."""
     from bot.compare.demo import run_demo
@@ -177,6 +180,8 @@ def demo(depth, **options):
 @click.option("--detect-args", default="", help="Extra `bot finetune-detect` options, quoted.")
 @click.option("--segment-args", default="", help="Extra `bot finetune-seg` options, quoted.")
 @click.option("--plan-only", is_flag=True, help="Print the plan (runs, order, what exists) and stop.")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Every ladder row with N seeds (OUT/<stage>/<recipe>/seed<k> for k > 0), one teacher for all.")
 def reproduce(**options):
     """The paper's Tables 6, 8 and 9: pretrain each ladder row, fine-tune it for detection and segmentation, compare
     with the published numbers. Re-running skips finished runs and resumes interrupted ones."""

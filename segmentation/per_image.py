@@ -23,27 +23,40 @@ class PerImageCounts:
 
     def __init__(self, num_classes: int, ignore_index: int | None):
         self.num_classes, self.ignore_index = num_classes, ignore_index
-        self.counts: list[torch.Tensor] = []   # (B, 3, K) per batch: tp, predicted, ground truth
+        self.counts: list[torch.Tensor] = []   # (B, 3, K) per batch: tp, predicted, ground truth (on the device)
         self.indices: list[int] = []
 
     def update(self, pred: torch.Tensor, target: torch.Tensor, indices) -> None:
-        """A batch of predicted and true label maps (B, H, W) and the dataset index of each image."""
+        """A batch of predicted and true label maps (B, H, W) and the dataset index of each image.
+
+        One count per pixel into per-image confusion bins `image * (K*K + 1) + t * K + p`, the last bin of each
+        image taking the pixels that count nowhere (ignored, padding, labels outside the classes, which
+        ConfusionMatrix reports); then TP, predicted and ground-truth pixels per class are the diagonal, column and
+        row sums."""
         k, b = self.num_classes, pred.shape[0]
-        target = torch.as_tensor(target).to(pred.device, non_blocking=True).reshape(b, -1).long()
-        pred = pred.reshape(b, -1).long()
-        valid = (target >= 0) & (target < k) & (pred >= 0) & (pred < k)
-        if self.ignore_index is not None:
-            valid &= target != self.ignore_index
-        image = torch.arange(b, device=pred.device)[:, None].expand_as(pred)
-        base = image * k
-        if pred.device.type == "cpu":  # numpy's bincount: torch's threaded CPU kernel is much slower here
-            count = lambda idx: torch.from_numpy(np.bincount(idx.numpy(), minlength=b * k))  # noqa: E731
-        else:
-            count = lambda idx: torch.bincount(idx, minlength=b * k)  # noqa: E731
-        gt = count((base + target)[valid])
-        predicted = count((base + pred)[valid])
-        tp = count((base + target)[valid & (pred == target)])
-        self.counts.append(torch.stack([tp, predicted, gt]).reshape(3, b, k).transpose(0, 1))
+        bins = k * k + 1
+        if pred.device.type == "cpu":   # numpy: torch's threaded CPU kernels are many times slower on a busy CPU
+            p = np.asarray(pred.detach()).reshape(b, -1)
+            t = np.asarray(torch.as_tensor(target)).reshape(b, -1)
+            valid = (t >= 0) & (t < k) & (p >= 0) & (p < k)
+            if self.ignore_index is not None and 0 <= self.ignore_index < k:
+                valid &= t != self.ignore_index
+            idx = np.multiply(t, k, dtype=np.int64)
+            idx += p
+            idx[~valid] = k * k
+            idx += (np.arange(b, dtype=np.int64) * bins)[:, None]
+            conf = torch.from_numpy(np.bincount(idx.ravel(), minlength=b * bins))
+        else:                           # on the device, with no host sync (scatter_add_ has a fixed output size)
+            p = pred.reshape(b, -1).long()
+            t = torch.as_tensor(target).to(pred.device, non_blocking=True).reshape(b, -1).long()
+            valid = (t >= 0) & (t < k) & (p >= 0) & (p < k)
+            if self.ignore_index is not None and 0 <= self.ignore_index < k:
+                valid &= t != self.ignore_index
+            idx = torch.where(valid, t * k + p, k * k) + torch.arange(b, device=p.device)[:, None] * bins
+            conf = torch.zeros(b * bins, dtype=torch.int64, device=p.device).scatter_add_(
+                0, idx.reshape(-1), torch.ones_like(idx).reshape(-1))
+        conf = conf.reshape(b, bins)[:, : k * k].reshape(b, k, k)
+        self.counts.append(torch.stack([conf.diagonal(dim1=1, dim2=2), conf.sum(1), conf.sum(2)], 1))
         self.indices += [int(i) for i in indices]
 
     def gather(self, size: int, ctx: DistContext) -> dict[str, np.ndarray]:
