@@ -33,31 +33,37 @@ class PerImageCounts:
         image taking the pixels that count nowhere (ignored, padding, labels outside the classes, which
         ConfusionMatrix reports); then TP, predicted and ground-truth pixels per class are the diagonal, column and
         row sums."""
+        # numpy on a CPU (torch's threaded CPU kernels are many times slower on a busy CPU), torch on a device
+        count = self.bins_numpy if pred.device.type == "cpu" else self.bins_torch
         k, b = self.num_classes, pred.shape[0]
-        bins = k * k + 1
-        if pred.device.type == "cpu":   # numpy: torch's threaded CPU kernels are many times slower on a busy CPU
-            p = np.asarray(pred.detach()).reshape(b, -1)
-            t = np.asarray(torch.as_tensor(target)).reshape(b, -1)
-            valid = (t >= 0) & (t < k) & (p >= 0) & (p < k)
-            if self.ignore_index is not None and 0 <= self.ignore_index < k:
-                valid &= t != self.ignore_index
-            idx = np.multiply(t, k, dtype=np.int64)
-            idx += p
-            idx[~valid] = k * k
-            idx += (np.arange(b, dtype=np.int64) * bins)[:, None]
-            conf = torch.from_numpy(np.bincount(idx.ravel(), minlength=b * bins))
-        else:                           # on the device, with no host sync (scatter_add_ has a fixed output size)
-            p = pred.reshape(b, -1).long()
-            t = torch.as_tensor(target).to(pred.device, non_blocking=True).reshape(b, -1).long()
-            valid = (t >= 0) & (t < k) & (p >= 0) & (p < k)
-            if self.ignore_index is not None and 0 <= self.ignore_index < k:
-                valid &= t != self.ignore_index
-            idx = torch.where(valid, t * k + p, k * k) + torch.arange(b, device=p.device)[:, None] * bins
-            conf = torch.zeros(b * bins, dtype=torch.int64, device=p.device).scatter_add_(
-                0, idx.reshape(-1), torch.ones_like(idx).reshape(-1))
-        conf = conf.reshape(b, bins)[:, : k * k].reshape(b, k, k)
+        conf = count(pred.reshape(b, -1), torch.as_tensor(target).reshape(b, -1))
+        conf = conf.reshape(b, k * k + 1)[:, : k * k].reshape(b, k, k)
         self.counts.append(torch.stack([conf.diagonal(dim1=1, dim2=2), conf.sum(1), conf.sum(2)], 1))
         self.indices += [int(i) for i in indices]
+
+    def bins_numpy(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        k, b = self.num_classes, pred.shape[0]
+        p, t = np.asarray(pred.detach()), np.asarray(target)
+        valid = (t >= 0) & (t < k) & (p >= 0) & (p < k)
+        if self.ignore_index is not None and 0 <= self.ignore_index < k:
+            valid &= t != self.ignore_index
+        idx = np.multiply(t, k, dtype=np.int64)
+        idx += p
+        idx[~valid] = k * k
+        idx += (np.arange(b, dtype=np.int64) * (k * k + 1))[:, None]
+        return torch.from_numpy(np.bincount(idx.ravel(), minlength=b * (k * k + 1)))
+
+    def bins_torch(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The same bins on pred's device with no host sync: scatter_add_ into a tensor of known size (bincount
+        would read its maximum back first)."""
+        k, b = self.num_classes, pred.shape[0]
+        p, t = pred.long(), target.to(pred.device, non_blocking=True).long()
+        valid = (t >= 0) & (t < k) & (p >= 0) & (p < k)
+        if self.ignore_index is not None and 0 <= self.ignore_index < k:
+            valid &= t != self.ignore_index
+        idx = torch.where(valid, t * k + p, k * k) + torch.arange(b, device=p.device)[:, None] * (k * k + 1)
+        return torch.zeros(b * (k * k + 1), dtype=torch.int64, device=p.device).scatter_add_(
+            0, idx.reshape(-1), torch.ones_like(idx).reshape(-1))
 
     def gather(self, size: int, ctx: DistContext) -> dict[str, np.ndarray]:
         """tp, fp, fn (N, K) and labelled (N,) in dataset order, from every rank."""

@@ -148,6 +148,19 @@ def test_miou_from_per_image_counts_equals_the_confusion_matrix():
         assert got[key][0] == pytest.approx(again.compute()[key], abs=1e-12)
 
 
+def test_per_image_counts_on_a_device_count_what_numpy_counts():
+    # the device path (scatter_add_, no host sync) on CPU tensors against the numpy path; an ignore index inside
+    # the classes, and a target label outside them, count nowhere on either
+    k = 4
+    masks, preds = seg_world(seed=1, k=k, ignore=2)
+    masks[0, 0, :3] = 9
+    counts = PerImageCounts(k, 2)
+    flat_p, flat_t = preds.reshape(len(masks), -1), masks.reshape(len(masks), -1)
+    assert torch.equal(counts.bins_numpy(flat_p, flat_t), counts.bins_torch(flat_p, flat_t))
+    conf = counts.bins_torch(flat_p, flat_t).reshape(len(masks), k * k + 1)
+    assert conf[:, : k * k].sum() == int(((masks != 2) & (masks < k)).sum())
+
+
 def test_resample_weights_are_draws_with_replacement():
     w = resample_weights(50, 200, seed=7)
     assert w.shape == (200, 50) and (w.sum(1) == 50).all() and w.dtype == np.int32

@@ -118,6 +118,7 @@ def test_compare_rows_for_third_party_files_and_a_bot_run(files, runs):
     assert summary(runs["cls_timm"])["dataset"]["classes_matched_by"].startswith("folder order")
     # with per-image files on both sides, the top-1 difference has an interval
     assert rows["resnet18-f37072fd"]["top1_ci_low"] != "" and rows["timm_resnet18d"]["top1_ci_high"] != ""
+    assert rows["timm_resnet18d"]["miou_ci_low"] != ""        # from the two segmentation runs' pixel counts
     assert rows["timm_resnet18d"]["sha256"].startswith(sha256_file(files["timm"])[:12])
 
 
