@@ -34,7 +34,8 @@ class Bootstrapper:
     seed: int = SEED
     level: float = LEVEL
     files: dict = field(default_factory=dict)        # run path -> PerImage, or the reason there is none
-    values: dict = field(default_factory=dict)       # (run path, reference key) -> {metric: (R + 1,) values}
+    values: dict = field(default_factory=dict)       # (run path, reference run path) -> {metric: (R + 1,) values}
+    weights: dict = field(default_factory=dict)      # reference run path -> (R, N) resample weights
 
     def per_image(self, run: Run) -> PerImage | str:
         if run.path not in self.files:
@@ -48,12 +49,20 @@ class Bootstrapper:
                     self.files[run.path] = f"{path}: {e}"
         return self.files[run.path]
 
-    def run_values(self, run: Run, data: PerImage, reference: np.ndarray, weights: np.ndarray) -> dict:
+    def resamples_of(self, reference: Run, data: PerImage) -> np.ndarray:
+        """The resamples of the reference run's images (the same for every row compared with it: paired)."""
+        if reference.path not in self.weights:
+            self.weights[reference.path] = resample_weights(len(data), self.resamples, self.seed)
+        return self.weights[reference.path]
+
+    def run_values(self, run: Run, data: PerImage, reference: Run) -> dict:
         """metric -> its values on each resample and, last, on the full set (the run's images put in the
-        reference's order); or, for a metric the file does not reproduce, why not."""
-        key = (run.path, id(reference))
+        reference run's order); or, for a metric the file does not reproduce, why not."""
+        key = (run.path, reference.path)
         if key not in self.values:
-            position = {image: i for i, image in enumerate(reference.tolist())}
+            ref = self.files[reference.path]
+            weights = self.resamples_of(reference, ref)
+            position = {image: i for i, image in enumerate(ref.images.tolist())}
             columns = np.asarray([position[i] for i in data.images.tolist()], np.int64)
             w = np.concatenate([weights, np.ones((1, weights.shape[1]), weights.dtype)])[:, columns]
             values: dict = statistics(w, data)
@@ -76,7 +85,7 @@ def unpaired_reason(reference: PerImage, other: PerImage, run: Run) -> str | Non
             f"not paired")
 
 
-def row_interval(boot: Bootstrapper, row: Row, base: Row, metric, weights_for) -> Interval | str | None:
+def row_interval(boot: Bootstrapper, row: Row, base: Row, metric) -> Interval | str | None:
     """The interval of row's delta for `metric`, or a reason for none (None: no delta to explain)."""
     runs, base_runs = metric_runs(row, metric), metric_runs(base, metric)
     if not runs or not base_runs:
@@ -90,8 +99,7 @@ def row_interval(boot: Bootstrapper, row: Row, base: Row, metric, weights_for) -
         reason = unpaired_reason(reference, d, run)
         if reason:
             return reason
-    weights = weights_for(reference)
-    per_run = [boot.run_values(r, d, reference.images, weights) for r, d in zip(base_runs + runs, data)]
+    per_run = [boot.run_values(r, d, base_runs[0]) for r, d in zip(base_runs + runs, data)]
     if any(metric.key not in v for v in per_run):
         return f"{metric.label}: not in the per-image results"
     bad = next((v[metric.key] for v in per_run if isinstance(v[metric.key], str)), None)
@@ -113,13 +121,6 @@ def attach_intervals(comp: Comparison, resamples: int = DEFAULT_RESAMPLES, seed:
     if not comp.bootstrap:
         return comp
     boot = Bootstrapper(comp.bootstrap, seed)
-    weights: dict[int, np.ndarray] = {}
-
-    def weights_for(reference: PerImage) -> np.ndarray:
-        if id(reference) not in weights:
-            weights[id(reference)] = resample_weights(len(reference), comp.bootstrap, seed)
-        return weights[id(reference)]
-
     for row in comp.rows:
         row.ci.clear()
         row.ci_notes.clear()
@@ -128,7 +129,7 @@ def attach_intervals(comp: Comparison, resamples: int = DEFAULT_RESAMPLES, seed:
         for metric in comp.metrics():
             if row.deltas.get(metric.key) is None:
                 continue
-            result = row_interval(boot, row, comp.baseline, metric, weights_for)
+            result = row_interval(boot, row, comp.baseline, metric)
             if isinstance(result, Interval):
                 row.ci[metric.key] = result
             elif result:

@@ -8,6 +8,7 @@ difference against the baseline row is mean minus mean, in percentage points. `b
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,11 +160,10 @@ RUN_ONLY_KEYS = {("train", "seed"), ("train", "device"), ("data", "workers"), ("
 
 def seed_key(run: Run) -> tuple[str, int] | None:
     """(the run's config without its seed and run-only keys, its seed), or None when it records no seed."""
-    import json
-
-    cfg = run.config if isinstance(run.config, dict) else None
-    seed = ((cfg or {}).get("train") or {}).get("seed") if isinstance((cfg or {}).get("train"), dict) else None
-    if not isinstance(seed, int):
+    cfg = run.config if isinstance(run.config, dict) else {}
+    train = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
+    seed = train.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool):
         return None
     rest = {section: ({k: v for k, v in body.items() if (section, k) not in RUN_ONLY_KEYS}
                       if isinstance(body, dict) else body) for section, body in cfg.items()}
