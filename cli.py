@@ -145,6 +145,17 @@ def compare(paths, **options):
     run_compare(list(paths), **options)
 
 
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--out", default="curves.png", show_default=True, type=click.Path(), help="Picture to write (.png, .svg or .pdf).")
+@click.option("--metric", "metrics", multiple=True, metavar="NAME",
+              help="Evaluation metric to draw (repeatable; default: each stage's headline metrics, e.g. top1, voc07_map50, miou).")
+def plot(paths, out, metrics):
+    """Training curves: the loss and evaluation metrics of the runs under PATHS (default: runs/) from their metrics.jsonl."""
+    from bot.compare.curves import run_plot
+    click.echo(f"wrote {run_plot(list(paths), out, metrics)}")
+
+
 # ---- demo -----------------------------------------------------------------------------------------------------
 @main.command()
 @click.option("--recipes", default="resnet50b-standard,resnet50d", show_default=True,

@@ -23,6 +23,8 @@ from rich.console import Console
 from bot.engine.errors import BotError
 from bot.engine.launch import bot_argv
 
+from .live import LiveView
+
 DEFAULT_RECIPES = "resnet50b-standard,resnet50d"  # the first two rows of the paper's ladder (Tables 8 and 9)
 # Demo scale, chosen to finish under 10 minutes on a quiet 2-core machine with both stage runs side by side
 # (measured 7.6 minutes, README "The demo"): the recipe's ResNet variant at depth 10 (one block per stage; 1.6x the
@@ -187,13 +189,6 @@ def run_subprocess(argv: list[str], log: Path | None = None, threads: int | None
         return subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
 
 
-def children_cpu() -> float:
-    """User + system CPU seconds of the finished child processes: the measure that stays put when others share the cores."""
-    import resource
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 def dependencies(steps: list[Step]) -> dict[int, set[int]]:
     """Step i waits for every earlier step whose run directory its arguments name (its --backbone or --teacher)."""
     deps = {}
@@ -203,46 +198,49 @@ def dependencies(steps: list[Step]) -> dict[int, set[int]]:
     return deps
 
 
-def run_steps(steps: list[Step], runner=run_subprocess, jobs: int = 1) -> list[tuple[Step, str, float]]:
-    """Run each step that is not finished, up to `jobs` at once (each when the runs it loads are done); stop starting
-    new ones at the first failure and raise a BotError naming the run."""
+def run_steps(steps: list[Step], runner=run_subprocess, jobs: int = 1, view: LiveView | None = None
+              ) -> list[tuple[Step, str, float]]:
+    """Run each step that is not finished, up to `jobs` at once (each when the runs it loads are done), each with
+    its output in a log file beside its run directory, shown in one live view (compare/live.py); stop starting new
+    ones at the first failure and raise a BotError naming the run."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     deps = dependencies(steps)
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
     results: dict[int, tuple[Step, str, float]] = {}
     failed: list[str] = []
+    view = view or LiveView(console)
+    entries = [view.add(step.stage, step.recipe + (f" seed {step.seed}" if step.seed else ""), step.out,
+                        step.out.parent / f"{step.out.name}.log") for step in steps]
 
     def run_one(i: int) -> None:
-        step = steps[i]
+        step, entry = steps[i], entries[i]
         state = step.state()
-        head = f"[{i + 1}/{len(steps)}] {step.stage} {step.recipe}{f' seed {step.seed}' if step.seed else ''} -> {step.out}"
         if state == "finished":
-            console.print(f"[bold]{head}[/]: finished earlier (summary.json), skipped")
+            view.finished(entry, "skipped")
             results[i] = (step, "skipped", 0.0)
             return
         argv = step.argv(resume=state == "resume")
-        log = step.out.parent / f"{step.out.name}.log" if jobs > 1 else None
-        console.print(f"[bold]{head}[/]{': resuming from last.ckpt' if state == 'resume' else ''}"
-                      + (f" (output: {log})" if log else ""))
-        console.print(f"  $ bot {shlex.join(argv[len(bot_argv()):])}", style="dim")
-        t0, cpu0 = time.time(), children_cpu()
-        code = runner(argv, log, threads) if log is not None else runner(argv)
-        seconds, cpu = time.time() - t0, children_cpu() - cpu0
+        log = entry.log
+        view.started(entry)
+        view.say(f"  $ bot {shlex.join(argv[len(bot_argv()):])}" + ("  (resuming from last.ckpt)" if state == "resume" else ""))
+        t0 = time.time()
+        code = runner(argv, log, threads)
+        seconds = time.time() - t0
         if code != 0 or not (step.out / "summary.json").exists():
             hint = "interrupted" if code in (130, -2) else f"failed (exit code {code})"
-            where = f"see {log}" if log else "see its output above"
-            if log is not None and log.exists():
-                tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-3:]
-                console.print("\n".join(f"  | {ln}" for ln in tail), style="red")
-            failed.append(f"{step.out}: `bot {step.stage}` {hint}; {where}. "
+            tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-3:] if log.exists() else []
+            view.finished(entry, "failed", seconds, why=f"{hint}; see {log}")
+            for line in tail:
+                view.say(f"  | {line}")
+            failed.append(f"{step.out}: `bot {step.stage}` {hint}; see {log}. "
                           f"Run `bot demo` again with the same --out to resume")
             return
-        console.print(f"  done: {step.stage} {step.recipe} in {seconds:.0f} s" + ("" if jobs > 1 else f" (CPU time {cpu:.0f} s)"))
+        view.finished(entry, "done", seconds)
         results[i] = (step, "resumed" if state == "resume" else "ran", seconds)
 
     pending = set(range(len(steps)))
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    with view, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         running: dict = {}
         while (pending or running) and not (failed and not running):
             for i in sorted(pending):
@@ -253,7 +251,8 @@ def run_steps(steps: list[Step], runner=run_subprocess, jobs: int = 1) -> list[t
                     running[pool.submit(run_one, i)] = i
             if not running:
                 break
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            finished, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+            view.refresh()
             for future in finished:
                 running.pop(future)
                 future.result()

@@ -213,6 +213,14 @@ def test_demo_toy_scale_end_to_end(tmp_path, monkeypatch):
     assert row["sha256"] == pre["backbone"]["sha256"] == seg["backbone"]["sha256"] != ""
     assert row["metrics"]["miou"]["mean"] == pytest.approx(seg["metrics"]["miou"] * 100)
     assert (out / "compare.png").stat().st_size > 10_000
+    # `tensorboard --logdir OUT` finds every run's curves; the live view's lines name each run's epochs
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+    tb = EventMultiplexer().AddRunsFromDirectory(str(out))
+    tb.Reload()
+    assert sorted(tb.Runs()) == ["detect/resnet50d", "pretrain/resnet50d", "segment/resnet50d"]
+    assert all({"epoch/train_loss", "epoch/lr"} <= set(tb.Runs()[r]["scalars"]) for r in tb.Runs())
+    for stage in ("pretrain", "detect", "segment"):
+        assert f"{stage} resnet50d: epoch 1/1" in result.stderr and f"{stage} resnet50d: done in" in result.stderr
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0 and again.stderr.count("skipped") == 3
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -21,9 +22,11 @@ class FakeStages:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, argv):
+    def __call__(self, argv, log=None, threads=None):
         argv = argv[len(bot_argv()) - 3:]  # as if started as [python, -m, cli, ...]
         self.calls.append(argv[3:])
+        out = argv[argv.index("--out") + 1]
+        assert log == Path(out + ".log")  # every run's output goes to a log beside its run directory
         stage, out = argv[3], argv[argv.index("--out") + 1]
         recipe = out.rsplit("/", 1)[1]
         if stage == "pretrain":
