@@ -26,10 +26,17 @@ def evaluate_coco(gt_dataset: dict, results: list[dict]) -> tuple[dict, str]:
 
     Returns ({stat name: fraction or None where COCOeval has nothing to measure}, COCOeval's printed table).
     """
+    stats, text, _ = run_cocoeval(gt_dataset, results)
+    return stats, text
+
+
+def run_cocoeval(gt_dataset: dict, results: list[dict]):
+    """evaluate_coco's (stats, table) and the COCOeval object itself (its evalImgs hold the per-image matches),
+    None when there was nothing to evaluate."""
     from pycocotools.cocoeval import COCOeval
 
     if not results:  # COCO.loadRes refuses an empty list; with nothing detected every AP is 0
-        return {k: 0.0 for k in STAT_NAMES}, "no detections"
+        return {k: 0.0 for k in STAT_NAMES}, "no detections", None
     gt = coco_from_dict(gt_dataset)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -39,4 +46,4 @@ def evaluate_coco(gt_dataset: dict, results: list[dict]) -> tuple[dict, str]:
         ev.accumulate()
         ev.summarize()
     stats = {k: (float(v) if v >= 0 else None) for k, v in zip(STAT_NAMES, ev.stats[:6])}
-    return stats, out.getvalue()
+    return stats, out.getvalue(), ev

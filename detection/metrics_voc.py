@@ -45,39 +45,40 @@ def ap_area(rec: np.ndarray, prec: np.ndarray) -> float:
     return float(np.sum((mrec[i] - mrec[i - 1]) * mpre[i]))
 
 
-def precision_recall(dets: list[tuple], gts: dict, iou_thresh: float = 0.5) -> tuple[np.ndarray, np.ndarray, int]:
-    """Precision and recall after each detection of one class.
+def match_detections(dets: list[tuple], gts: dict, iou_thresh: float = 0.5) -> tuple[np.ndarray, np.ndarray, int]:
+    """The devkit's matching of one class's detections, as per-detection flags.
 
     dets: (image_id, score, devkit box) tuples; gts: image_id -> (boxes (N, 4) devkit, difficult (N,) bool).
-    Returns (recall, precision, number of non-difficult ground truths).
+    Returns (order: the detections by decreasing score, stable; flags per rank: 1 true positive, 0 false positive,
+    -1 matched a difficult box (neither); number of non-difficult ground truths). Matching happens inside each
+    image, so an image's flags do not depend on the other images: `bot compare`'s bootstrap reuses them.
     """
     npos = int(sum((~np.asarray(d, bool)).sum() for _, d in gts.values()))
     order = np.argsort(-np.array([d[1] for d in dets], dtype=np.float64), kind="stable")
     matched = {k: np.zeros(len(b), bool) for k, (b, _) in gts.items()}
-    tp = np.zeros(len(dets))
-    fp = np.zeros(len(dets))
+    flags = np.zeros(len(dets), np.int8)
     for rank, j in enumerate(order):
         image_id, _, box = dets[j]
         boxes, difficult = gts.get(image_id, (np.zeros((0, 4)), np.zeros(0, bool)))
         if len(boxes) == 0:
-            fp[rank] = 1
-            continue
+            continue  # a false positive
         ov = devkit_iou(np.asarray(box, np.float64), np.asarray(boxes, np.float64))
         k = int(np.argmax(ov))
         if ov[k] >= iou_thresh:
             if difficult[k]:
-                continue
-            if not matched[image_id][k]:
-                tp[rank] = 1
+                flags[rank] = -1
+            elif not matched[image_id][k]:
+                flags[rank] = 1
                 matched[image_id][k] = True
-            else:
-                fp[rank] = 1
-        else:
-            fp[rank] = 1
-    tp, fp = np.cumsum(tp), np.cumsum(fp)
+    return order, flags, npos
+
+
+def pr_curve(flags: np.ndarray, npos: int) -> tuple[np.ndarray, np.ndarray]:
+    """Recall and precision after each ranked detection, from match_detections' flags."""
+    tp, fp = np.cumsum(flags == 1).astype(np.float64), np.cumsum(flags == 0).astype(np.float64)
     rec = tp / npos if npos else np.zeros_like(tp)
     prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-    return rec, prec, npos
+    return rec, prec
 
 
 def to_devkit(box_xyxy) -> tuple:
@@ -95,6 +96,7 @@ class VocResult:
     map07: float = 0.0
     map_area: float = 0.0
     extra: dict = field(default_factory=dict)
+    flags: np.ndarray | None = None  # per input detection: 1 TP, 0 FP, -1 on a difficult box (match_detections)
 
 
 def evaluate_voc(detections: list[dict], ground_truth: dict, classes: list[str], iou_thresh: float = 0.5) -> VocResult:
@@ -105,8 +107,10 @@ def evaluate_voc(detections: list[dict], ground_truth: dict, classes: list[str],
     Classes with no non-difficult ground truth get AP None and stay out of the means.
     """
     per_class_dets: list[list] = [[] for _ in classes]
-    for d in detections:
+    per_class_index: list[list[int]] = [[] for _ in classes]  # where each came from in `detections`
+    for i, d in enumerate(detections):
         per_class_dets[d["label"]].append((d["image_id"], d["score"], to_devkit(d["box"])))
+        per_class_index[d["label"]].append(i)
     per_class_gts: list[dict] = [{} for _ in classes]  # only images holding the class: elsewhere a detection is an FP
     for image_id, g in ground_truth.items():
         labels = np.asarray(g["labels"]).reshape(-1)
@@ -116,12 +120,16 @@ def evaluate_voc(detections: list[dict], ground_truth: dict, classes: list[str],
             sel = labels == c
             per_class_gts[int(c)][image_id] = (devkit[sel], np.asarray(g["difficult"], bool).reshape(-1)[sel])
     ap07, apa, npos_list = [], [], []
+    flags = np.zeros(len(detections), np.int8)
     for c in range(len(classes)):
-        rec, prec, npos = precision_recall(per_class_dets[c], per_class_gts[c], iou_thresh)
+        order, class_flags, npos = match_detections(per_class_dets[c], per_class_gts[c], iou_thresh)
+        flags[np.asarray(per_class_index[c], np.int64)[order]] = class_flags
+        rec, prec = pr_curve(class_flags, npos)
         npos_list.append(npos)
         ap07.append(ap_voc07(rec, prec) if npos else None)
         apa.append(ap_area(rec, prec) if npos else None)
     valid07 = [a for a in ap07 if a is not None]
     valida = [a for a in apa if a is not None]
     return VocResult(list(classes), ap07, apa, npos_list,
-                     float(np.mean(valid07)) if valid07 else 0.0, float(np.mean(valida)) if valida else 0.0)
+                     float(np.mean(valid07)) if valid07 else 0.0, float(np.mean(valida)) if valida else 0.0,
+                     flags=flags)

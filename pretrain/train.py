@@ -16,6 +16,7 @@ from bot.engine import distributed as dist
 from bot.engine.config import given
 from bot.engine.errors import BotError
 from bot.engine.loop import unwrap
+from bot.engine.per_image import FILE_NAME as PER_IMAGE_FILE
 from bot.engine.precision import Precision, eval_autocast
 from bot.engine.progress import report
 from bot.engine.schedules import Schedule, scaled_lr
@@ -24,6 +25,7 @@ from bot.engine.stage import Session, StageDef, launch, run_config
 from .backbones import create_backbone, parse_arch
 from .data import build_datasets, build_loaders, check_val
 from .optim import build_optimizer
+from .per_image import gather_top5, image_ids, write_classify
 from .recipes import RENAMED, apply_synthetic_scale, load_recipe, milestone_steps, schema
 from .tricks import distillation_loss, mixup, smooth_targets, soft_cross_entropy
 from .weights import WEIGHTS_NAME, check_checkpoint, load_backbone, save_classifier
@@ -99,10 +101,10 @@ def train(cfg: dict, out: str | Path, resume: bool = False, on_step=None) -> dic
     return run_config(STAGE, train_session, cfg, Path(out), resume, on_step)
 
 
-def topk_hits(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
-    """(top-1 hits, top-k hits) of a batch as an int64 tensor on its device: nothing read back, no tensor made from
-    host values (on CUDA each would be a sync per validation batch)."""
-    hit = logits.float().topk(k, dim=1).indices == labels[:, None]
+def topk_hits(top: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(top-1 hits, top-k hits) of a batch's top-k class indices (B, k) as an int64 tensor on its device: nothing
+    read back, no tensor made from host values (on CUDA each would be a sync per validation batch)."""
+    hit = top == labels[:, None]
     return torch.stack([hit[:, 0].sum(), hit.any(1).sum()])
 
 
@@ -167,17 +169,24 @@ def train_session(session: Session) -> dict:
             loss = soft_cross_entropy(logits, target)
         return loss, images.shape[0], {}
 
+    last_eval: dict = {}
+
     @torch.no_grad()
     def evaluate() -> dict:
         model.eval()
         hits, images_seen = torch.zeros(2, dtype=torch.int64, device=ctx.device), 0
+        tops, labs = [], []  # per image, kept on the device: per_image.npz of the final evaluation
         for images, labels in val_loader:
             images, labels = session.inputs(images), labels.to(ctx.device, non_blocking=True)
             with eval_autocast(t["precision"], ctx.device):
                 logits = model(images)
-            hits += topk_hits(logits, labels, min(5, num_classes))  # summed on the device
+            top5 = logits.float().topk(min(5, num_classes), dim=1).indices
+            tops.append(top5)
+            labs.append(labels)
+            hits += topk_hits(top5, labels)  # summed on the device
             images_seen += labels.shape[0]  # known on the host
         counts = dist.all_reduce_sum(torch.cat([hits.cpu().double(), torch.tensor([float(images_seen)])]), ctx)
+        last_eval["per_image"] = gather_top5(tops, labs, len(data.val), ctx)
         model.train()
         return {"top1": float(counts[0] / counts[2]), "top5": float(counts[1] / counts[2])}
 
@@ -190,7 +199,9 @@ def train_session(session: Session) -> dict:
         weights = out / WEIGHTS_NAME
         name, _, variant = parse_arch(cfg["model"]["arch"])
         sha = save_classifier(unwrap(model), weights, arch=name, num_classes=num_classes, recipe=cfg["recipe"],
-                              top1=metrics["top1"])
+                              top1=metrics["top1"], classes=data.classes)
+        labels, top5 = last_eval["per_image"]
+        write_classify(out / PER_IMAGE_FILE, image_ids(data.val.samples, root / "val"), labels, top5, data.classes)
         summary = session.finish({
             "metrics": metrics,
             "backbone": {"arch": name, "variant": variant.upper(), "recipe": cfg["recipe"], "sha256": sha,
