@@ -6,6 +6,12 @@ and back when results are written. Every value used is type-checked first (ids i
 throughout; width/height positive integers; bbox four finite numbers with w, h >= 0), and a repeated image,
 annotation or category id is named with both positions. Crowd boxes are kept for evaluation (COCOeval ignores
 them) and never trained on.
+
+The file becomes a compact index (detection/coco_index.py: arrays, not a dict per annotation; msgspec's typed
+decoder with these checks in bulk, `check_coco` value by value to name a problem). A split's records are views
+of it (`CocoRecords`), built per image on access, and its COCO ground truth is built only when scoring asks.
+With `cache_dir` (training: the run directory) rank 0 parses and saves the index, and the other ranks and a
+restart load it instead.
 """
 from __future__ import annotations
 
@@ -15,8 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bot.engine.distributed import DistContext, broadcast_object
 from bot.engine.errors import BotError
 
+from . import coco_index
+from .coco_index import CocoIndex
 from .records import ImageRecord, Split, clip_and_filter
 
 IMAGE_KEYS = ("id", "file_name", "width", "height")
@@ -123,39 +132,86 @@ def check_coco(data, ann_file: Path) -> None:
             raise BotError(f"{ann_file}: {what} iscrowd {json.dumps(a.get('iscrowd'))[:20]} is not 0 or 1")
 
 
-def load_coco(root: str | Path, split: str, images: bool = True) -> Split:
-    """A COCO split. `images=False` (scoring a results file) reads the json only: the image folder may be absent."""
+class CocoRecords:
+    """The ImageRecords of a COCO split, made on access from the index's arrays (a sequence: len, [i], iteration).
+
+    Boxes are clipped to the image and zero-area ones dropped once, for all annotations at load; a record is then
+    slices of those arrays, so forked DataLoader workers read array pages and write none."""
+
+    def __init__(self, index: CocoIndex, folder: Path | None):
+        self.index, self.folder = index, folder
+        owner = np.repeat(np.arange(len(index)), np.diff(index.offsets))
+        xywh = index.bbox
+        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        w, h = index.widths[owner], index.heights[owner]
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w[:, None])
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h[:, None])
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        self.dropped = int((~keep).sum())
+        self.boxes, self.crowd = boxes[keep], index.iscrowd[keep]
+        self.labels = np.searchsorted(np.sort(index.cat_ids), index.category_ids[keep]).astype(np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(np.bincount(owner[keep], minlength=len(index)))])
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        a, b = self.offsets[i], self.offsets[i + 1]
+        ix = self.index
+        return ImageRecord(ix.image_id(i), self.folder / str(ix.file_names[i]) if self.folder else None,
+                           int(ix.widths[i]), int(ix.heights[i]), self.boxes[a:b], self.labels[a:b], self.crowd[a:b])
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+def read_index(ann_file: Path, cache_dir: Path | None = None, ctx: DistContext | None = None) -> CocoIndex:
+    """The index of `ann_file`: parsed, or with `cache_dir` loaded from `cache_dir/coco_index_<name>.npz` when that
+    holds it for this file's path, size and mtime. Under torchrun rank 0 parses and saves it first; the other ranks
+    then load it (or parse too, where they do not see rank 0's `cache_dir`), and an error is every rank's."""
+    ctx = ctx or DistContext()
+    if cache_dir is None:
+        return coco_index.parse(ann_file)
+    cache = Path(cache_dir) / f"coco_index_{ann_file.stem}.npz"
+    key = coco_index.file_key(ann_file)
+    index, error = None, None
+    if ctx.is_main:
+        index = coco_index.load(cache, key)
+        if index is None:
+            try:
+                index = coco_index.parse(ann_file)
+                coco_index.save(index, cache, key)
+            except BotError as e:
+                error = str(e)
+    error = broadcast_object(error, ctx)  # the other ranks wait here while rank 0 parses
+    if error is not None:
+        raise BotError(error)
+    if index is None:
+        index = coco_index.load(cache, key) or coco_index.parse(ann_file)
+    return index
+
+
+def load_coco(root: str | Path, split: str, images: bool = True, cache_dir: Path | None = None,
+              ctx: DistContext | None = None) -> Split:
+    """A COCO split. `images=False` (scoring a results file) reads the json only: the image folder may be absent.
+    `cache_dir`, `ctx`: see `read_index`."""
     root = Path(root)
     ann_file = root / "annotations" / f"instances_{split}.json"
     if not ann_file.is_file():
         raise BotError(f"{ann_file}: no such COCO annotation file (split {split!r})")
-    data = read_json(ann_file)
-    check_coco(data, ann_file)
-    cats = sorted(data["categories"], key=lambda c: c["id"])
-    category_ids = [int(c["id"]) for c in cats]
-    label_of = {cid: k for k, cid in enumerate(category_ids)}
-    per_image: dict = {im["id"]: [] for im in data["images"]}
-    images_by_id = {im["id"]: im for im in data["images"]}
-    for a in data["annotations"]:
-        per_image[a["image_id"]].append(a)
+    index = read_index(ann_file, cache_dir, ctx)
+    order = np.argsort(index.cat_ids, kind="stable")
+    category_ids = index.cat_ids[order].tolist()
+    names = [str(n) for n in index.cat_names[order]]
     folder = None
     if images:
-        first = data["images"][0]["file_name"] if data["images"] else None
-        folder = image_folder(root, split, first)
-    records, dropped = [], 0
-    for image_id, im in images_by_id.items():
-        anns = per_image[image_id]
-        xywh = np.array([a["bbox"] for a in anns], np.float64).reshape(-1, 4)
-        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-        boxes, keep = clip_and_filter(boxes, int(im["width"]), int(im["height"]))
-        dropped += int((~keep).sum())
-        labels = np.array([label_of[a["category_id"]] for a in anns], np.int64).reshape(-1)
-        crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], bool).reshape(-1)
-        records.append(ImageRecord(image_id, folder / im["file_name"] if folder else None, int(im["width"]),
-                                   int(im["height"]), boxes[keep], labels[keep], crowd[keep]))
-    names = [str(c["name"]) for c in cats]
-    gt = {"images": data["images"], "categories": data["categories"],
-          "annotations": [dict(a, id=a.get("id", i + 1), area=a.get("area", a["bbox"][2] * a["bbox"][3]),
-                               iscrowd=a.get("iscrowd", 0)) for i, a in enumerate(data["annotations"])]}
-    return Split(f"coco:{split}", root, records, names, category_ids, "coco", gt, dropped,
-                 {r.image_id: ann_file for r in records}, str(ann_file))
+        folder = image_folder(root, split, str(index.file_names[0]) if len(index) else None)
+    records = CocoRecords(index, folder)
+    return Split(f"coco:{split}", root, records, names, category_ids, "coco", None, records.dropped, {}, str(ann_file),
+                 annotation_file=ann_file, gt_builder=index.coco_dataset)

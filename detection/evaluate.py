@@ -126,7 +126,7 @@ def read_coco_results(path: str | Path, split: Split) -> list[dict]:
 def score(split: Split, detections: list[dict]) -> tuple[dict, dict, str]:
     """(metrics as docs/design.md section 3 names them, per-class APs, a printable table)."""
     voc = evaluate_voc(detections, split.ground_truth(), split.classes)
-    coco, _ = evaluate_coco(split.coco_gt, to_coco_results(split, detections))
+    coco, _ = evaluate_coco(split.coco_ground_truth(), to_coco_results(split, detections))
     scored = sum(n > 0 for n in voc.npos)
     # the means are over the classes with ground truth: the count travels with them (table and summary.json)
     metrics = {"voc07_map50": voc.map07, "voc_map50": voc.map_area, **coco,
