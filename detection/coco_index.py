@@ -28,19 +28,20 @@ import msgspec
 import numpy as np
 
 from bot.engine.errors import BotError
+from bot.engine.heap import collector_paused
 from bot.engine.rundir import atomic_write_bytes
 
 FORMAT = 1
 
 
-class _Image(msgspec.Struct):
+class _Image(msgspec.Struct, gc=False):  # gc=False: no cycles possible; the collector skips them
     id: int | str
     file_name: str
     width: float
     height: float
 
 
-class _Annotation(msgspec.Struct):
+class _Annotation(msgspec.Struct, gc=False):
     image_id: int | str
     category_id: int
     bbox: tuple[float, float, float, float]
@@ -49,7 +50,7 @@ class _Annotation(msgspec.Struct):
     iscrowd: int = 0
 
 
-class _Category(msgspec.Struct):
+class _Category(msgspec.Struct, gc=False):
     id: int
     name: str
 
@@ -201,6 +202,11 @@ def _from_dicts(data: dict) -> CocoIndex:
 
 def parse(ann_file: Path) -> CocoIndex:
     """The checked index of a COCO instances file; BotError naming the file and the first problem."""
+    with collector_paused():  # millions of acyclic objects (engine/heap.py)
+        return _parse(ann_file)
+
+
+def _parse(ann_file: Path) -> CocoIndex:
     from .data_coco import check_coco, read_json
 
     try:

@@ -204,3 +204,20 @@ def test_validation_image_checks_are_cached_until_an_image_changes(tmp_path, mon
     Image.new("RGB", (5, 5)).save(tmp_path / "val" / "1.jpg")   # a changed image: checked again, and refused
     with pytest.raises(BotError, match=r"1.jpg: image is 5x5 but its annotation says"):
         detect_data.check_val(split, cache=cache)
+
+
+def test_typed_results_reader_equals_the_entry_by_entry_reader(tmp_path, monkeypatch):
+    from bot.detection import evaluate
+
+    data = random_coco(string_ids=False)
+    write(tmp_path, data)
+    split = load_coco(tmp_path, "val", images=False)
+    rng = np.random.default_rng(5)
+    results = [{"image_id": a["image_id"], "category_id": a["category_id"], "score": float(rng.random()),
+                "bbox": [float(v) for v in rng.uniform(0, 50, 4)]} for a in data["annotations"]]
+    results[3]["score"] = 1          # an integer score is a number too
+    (tmp_path / "dets.json").write_text(json.dumps(results))
+    typed = evaluate.read_coco_results(tmp_path / "dets.json", split)
+    monkeypatch.setattr(evaluate, "_typed_results", lambda *a: None)
+    assert evaluate.read_coco_results(tmp_path / "dets.json", split) == typed   # the same floats, bit for bit
+    assert typed[3]["score"] == 1.0 and typed[0]["box"][2] == results[0]["bbox"][0] + results[0]["bbox"][2]
