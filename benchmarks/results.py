@@ -40,10 +40,21 @@ def entry(baseline: float, bot: float, unit: str, baseline_is: str, rounds: int,
             "baseline_is": baseline_is, "rounds": rounds, **detail}
 
 
+def cpu_model() -> str:
+    """The CPU's model name as lscpu prints it (from /proc/cpuinfo), or what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def machine() -> str:
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{os.cpu_count()} CPUs ({torch.get_num_threads()} torch threads), {dev}, torch {torch.__version__}, " \
-           f"Python {platform.python_version()}"
+    return f"{cpu_model()}, {os.cpu_count()} CPUs ({torch.get_num_threads()} torch threads), {dev}, " \
+           f"torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def write_json(path: str | None, measurements: dict) -> None:
