@@ -10,7 +10,7 @@ Parsing: msgspec decodes the file straight into typed structs (the keys bot does
 are skipped, never built), and the values are then checked in bulk (unique ids, references, finite boxes with
 w, h >= 0, positive integer sizes, crowd flags 0/1). When anything fails, or the file holds values the typed
 decoder refuses, the file is read again with the json module and checked value by value
-(data_coco.check_coco), which names the first problem as before; the structs are never the only judge.
+(coco_checks.check_coco), which names the first problem as before; the structs are never the only judge.
 
 Cache: `save`/`load` keep the index as an uncompressed .npz (no pickle) keyed on the annotation file's resolved
 path, size and mtime (ns); detection training keeps it in the run directory (`coco_index_<split>.npz`), so the
@@ -30,6 +30,8 @@ import numpy as np
 from bot.engine.errors import BotError
 from bot.engine.heap import collector_paused
 from bot.engine.rundir import atomic_write_bytes
+
+from .coco_checks import check_coco, read_json
 
 FORMAT = 1
 
@@ -207,8 +209,6 @@ def parse(ann_file: Path) -> CocoIndex:
 
 
 def _parse(ann_file: Path) -> CocoIndex:
-    from .data_coco import check_coco, read_json
-
     try:
         return _from_structs(msgspec.json.decode(Path(ann_file).read_bytes(), type=_File))
     except (msgspec.ValidationError, msgspec.DecodeError, _Invalid):
