@@ -106,6 +106,26 @@ def inspect(source, arch, as_json):
     click.echo(run_inspect(source, arch, as_json))
 
 
+@main.command("evaluate-cls")
+@click.option("--weights", required=True, help="A pretrain run dir, any ResNet weights file (.safetensors/.pth/...) or timm:NAME.")
+@click.option("--data", type=click.Path(), help="ImageFolder root holding the split folder (default: the run's own data, "
+                                                "else the synthetic shapes set).")
+@click.option("--split", default="val", show_default=True, help="Split folder under --data.")
+@click.option("--arch", help="The checkpoint's arch when the file cannot say (A vs B), checked against its tensors.")
+@click.option("--image-size", type=click.IntRange(min=8), help="Centre crop after resizing the short side to "
+                                                               "size * 256/224 (default: the run's, else 224).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Default: the run's batch size, else 64.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--device", help="cpu, cuda, cuda:N.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
+@click.option("--out", type=click.Path(), help="Run directory for summary.json and per_image.npz "
+                                               "(default: runs/classify-<name>).")
+def evaluate_cls(**options):
+    """Top-1/top-5 of any checkpoint on an ImageFolder split, as a run directory `bot compare` shows."""
+    from bot.pretrain.evaluate import run_from_cli
+    run_from_cli(**options)
+
+
 # ---- compare --------------------------------------------------------------------------------------------------
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path())
@@ -117,10 +137,23 @@ def inspect(source, arch, as_json):
 @click.option("--plot", "plot_file", type=click.Path(), help="Write the plots here (.png, .svg or .pdf).")
 @click.option("--paper", is_flag=True, help="Set the paper's published top-1 / VOC mAP / pixAcc / mIoU (Tables 6, 8, 9) "
               "beside each ladder row, deltas against B-standard (resnet50b-standard, the default baseline then).")
+@click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Resamples of the validation images for each difference's 95% paired interval (0: none).")
 def compare(paths, **options):
     """Compare backbones: join pretrain runs under PATHS (default: runs/) with their fine-tune runs by weights sha256."""
     from bot.compare.command import run_compare
     run_compare(list(paths), **options)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--out", default="curves.png", show_default=True, type=click.Path(), help="Picture to write (.png, .svg or .pdf).")
+@click.option("--metric", "metrics", multiple=True, metavar="NAME",
+              help="Evaluation metric to draw (repeatable; default: each stage's headline metrics, e.g. top1, voc07_map50, miou).")
+def plot(paths, out, metrics):
+    """Training curves: the loss and evaluation metrics of the runs under PATHS (default: runs/) from their metrics.jsonl."""
+    from bot.compare.curves import run_plot
+    click.echo(f"wrote {run_plot(list(paths), out, metrics)}")
 
 
 # ---- demo -----------------------------------------------------------------------------------------------------
@@ -137,6 +170,9 @@ def compare(paths, **options):
 @click.option("--detect-args", default="", help="Extra `bot finetune-detect` options, quoted.")
 @click.option("--segment-args", default="", help="Extra `bot finetune-seg` options, quoted.")
 @click.option("--jobs", type=click.IntRange(min=1), help="Stage runs side by side, each on cores/jobs threads (default: 2 where there are 2 cores).")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run every row with N seeds (0..N-1; seed k > 0 in OUT/<stage>/<recipe>/seed<k>); compare shows "
+                   "their spread beside the image interval.")
 def demo(depth, **options):
     """Pretrain each recipe, fine-tune it for detection and segmentation on synthetic data, and compare (minutes on a CPU)."""
     from bot.compare.demo import run_demo
@@ -155,6 +191,8 @@ def demo(depth, **options):
 @click.option("--detect-args", default="", help="Extra `bot finetune-detect` options, quoted.")
 @click.option("--segment-args", default="", help="Extra `bot finetune-seg` options, quoted.")
 @click.option("--plan-only", is_flag=True, help="Print the plan (runs, order, what exists) and stop.")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Every ladder row with N seeds (OUT/<stage>/<recipe>/seed<k> for k > 0), one teacher for all.")
 def reproduce(**options):
     """The paper's Tables 6, 8 and 9: pretrain each ladder row, fine-tune it for detection and segmentation, compare
     with the published numbers. Re-running skips finished runs and resumes interrupted ones."""

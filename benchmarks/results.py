@@ -41,10 +41,10 @@ def entry(baseline: float, bot: float, unit: str, baseline_is: str, rounds: int,
 
 
 def cpu_model() -> str:
-    """The CPU's model name as lscpu prints it (from /proc/cpuinfo), or what platform knows."""
+    """The CPU's model name as lscpu shows it (/proc/cpuinfo), or the platform's guess elsewhere."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.lower().startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
@@ -53,7 +53,7 @@ def cpu_model() -> str:
 
 def machine() -> str:
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{cpu_model()}, {os.cpu_count()} CPUs ({torch.get_num_threads()} torch threads), {dev}, " \
+    return f"{os.cpu_count()} CPUs ({cpu_model()}, {torch.get_num_threads()} torch threads), {dev}, " \
            f"torch {torch.__version__}, Python {platform.python_version()}"
 
 

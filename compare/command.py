@@ -9,14 +9,17 @@ from rich.console import Console
 from bot.engine.errors import BotError
 from bot.engine.rundir import atomic_write_text, check_output_file
 
+from .bootstrap import DEFAULT_RESAMPLES
 from .discover import Discovery, discover
+from .intervals import attach_intervals
 from .join import Comparison, join
 from .render import print_terminal, to_csv, to_json, to_markdown, unfinished_lines
 
 FORMATS = ("table", "markdown", "csv", "json")
 
 
-def build(paths, baseline: str | None = None, paper: bool = False) -> tuple[Comparison, Discovery]:
+def build(paths, baseline: str | None = None, paper: bool = False,
+          bootstrap: int = DEFAULT_RESAMPLES) -> tuple[Comparison, Discovery]:
     found = discover(paths)
     warn = Console(stderr=True, highlight=False)
     for w in found.warnings:
@@ -32,16 +35,19 @@ def build(paths, baseline: str | None = None, paper: bool = False) -> tuple[Comp
     if paper:
         from .paper import attach_paper
         attach_paper(comp, rebase=baseline is None)  # measured deltas against B-standard, as the paper's
+    attach_intervals(comp, bootstrap)
     return comp, found
 
 
 def run_compare(paths, *, baseline=None, fmt="table", csv_file=None, json_file=None, markdown_file=None,
-                plot_file=None, out=None, paper: bool = False) -> Comparison:
+                plot_file=None, out=None, paper: bool = False, bootstrap: int = DEFAULT_RESAMPLES) -> Comparison:
     if fmt not in FORMATS:
         raise BotError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+    if bootstrap is None or bootstrap < 0:
+        raise BotError(f"--bootstrap {bootstrap}: give a number of resamples (0 turns the intervals off)")
     for flag, path in (("--csv", csv_file), ("--json", json_file), ("--markdown", markdown_file), ("--plot", plot_file)):
         check_output_file(path, flag)
-    comp, found = build(paths or ["runs"], baseline, paper)
+    comp, found = build(paths or ["runs"], baseline, paper, bootstrap)
     out = out or sys.stdout
     if fmt == "table":
         print_terminal(comp, found, Console(file=out) if out is not sys.stdout else None)

@@ -2,7 +2,9 @@
 
 For each recipe: `bot pretrain`, then `bot finetune-detect` and `bot finetune-seg` on its weights, each in its own
 process (`python -P -m bot.cli ...`), exactly as a user would run them; then the comparison table and plot. Layout:
-`OUT/pretrain/<recipe>`, `OUT/detect/<recipe>`, `OUT/segment/<recipe>`, `OUT/compare.{png,md,csv,json}`.
+`OUT/pretrain/<recipe>`, `OUT/detect/<recipe>`, `OUT/segment/<recipe>`, `OUT/compare.{png,md,csv,json}`; with
+`--seeds N`, seeds 1..N-1 of every run in a `seed<k>` folder inside seed 0's (`OUT/pretrain/<recipe>/seed1`, ...),
+each stage given `--seed k` (seed 0 is the stages' default, so a demo folder from before --seeds stays valid).
 Re-running skips finished runs (summary.json) and resumes interrupted ones (last.ckpt).
 """
 from __future__ import annotations
@@ -20,6 +22,8 @@ from rich.console import Console
 
 from bot.engine.errors import BotError
 from bot.engine.launch import bot_argv
+
+from .live import LiveView
 
 DEFAULT_RECIPES = "resnet50b-standard,resnet50d"  # the first two rows of the paper's ladder (Tables 8 and 9)
 # Demo scale, chosen to finish under 10 minutes on a quiet 2-core machine with both stage runs side by side
@@ -49,6 +53,7 @@ class Step:
     recipe: str
     out: Path
     args: list[str] = field(default_factory=list)   # everything but --out / --resume
+    seed: int = 0                                   # --seeds: which seed of the row this run is
 
     def argv(self, resume: bool) -> list[str]:
         # A resumed run continues its own config.yaml (the stages refuse or ignore other options next to --resume).
@@ -135,28 +140,42 @@ def demo_arch(recipe: str, depth: int) -> str:
     return f"resnet{depth}{recipe_info(recipe)['variant'].lower()}"
 
 
+def seed_variants(seeds: int) -> list[tuple[int, str, list[str]]]:
+    """(seed, sub-folder, extra arguments) per seed: seed 0 keeps the folders and the stages' default seed (0)."""
+    if seeds < 1:
+        raise BotError(f"--seeds {seeds}: give at least 1")
+    return [(0, "", [])] + [(k, f"seed{k}", ["--seed", str(k)]) for k in range(1, seeds)]
+
+
+def seed_dir(folder: Path, sub: str) -> Path:
+    return folder / sub if sub else folder
+
+
 def plan(recipes: list[str], out: Path, *, depth: int = DEMO_DEPTH, teacher: str | None = None,
-         extra: dict[str, list[str]] | None = None) -> list[Step]:
+         extra: dict[str, list[str]] | None = None, seeds: int = 1) -> list[Step]:
+    """Every run, seed 0 of every recipe first (a whole comparison early), then each further seed."""
     extra = extra or {}
     steps = []
-    for recipe in recipes:
-        name = row_name(recipe)
-        if is_checkpoint_row(recipe):
+    for seed, sub, seed_args in seed_variants(seeds):
+        for recipe in recipes:
+            name = row_name(recipe)
+            if is_checkpoint_row(recipe):
+                for stage in ("finetune-detect", "finetune-seg"):
+                    steps.append(Step(stage, name, seed_dir(out / STAGE_DIRS[stage] / name.replace(":", "-"), sub),
+                                      ["--backbone", recipe, *DEMO_ARGS[stage], *seed_args, *extra.get(stage, [])],
+                                      seed))
+                continue
+            pre = seed_dir(out / "pretrain" / name, sub)
+            args = ["--recipe", recipe, "--arch", demo_arch(recipe, depth), "--epochs", str(demo_epochs(recipe)),
+                    *DEMO_ARGS["pretrain"], *seed_args]
+            if "teacher" in recipe_info(recipe)["requires"]:
+                if not teacher:
+                    raise BotError(f"--recipes: {recipe!r} distils from a teacher; give --teacher RUN_DIR|FILE.safetensors")
+                args += ["--teacher", str(teacher)]
+            steps.append(Step("pretrain", name, pre, args + list(extra.get("pretrain", [])), seed))
             for stage in ("finetune-detect", "finetune-seg"):
-                steps.append(Step(stage, name, out / STAGE_DIRS[stage] / name.replace(":", "-"),
-                                  ["--backbone", recipe, *DEMO_ARGS[stage], *extra.get(stage, [])]))
-            continue
-        pre = out / "pretrain" / name
-        args = ["--recipe", recipe, "--arch", demo_arch(recipe, depth), "--epochs", str(demo_epochs(recipe)),
-                *DEMO_ARGS["pretrain"]]
-        if "teacher" in recipe_info(recipe)["requires"]:
-            if not teacher:
-                raise BotError(f"--recipes: {recipe!r} distils from a teacher; give --teacher RUN_DIR|FILE.safetensors")
-            args += ["--teacher", str(teacher)]
-        steps.append(Step("pretrain", name, pre, args + list(extra.get("pretrain", []))))
-        for stage in ("finetune-detect", "finetune-seg"):
-            steps.append(Step(stage, name, out / STAGE_DIRS[stage] / name,
-                              ["--backbone", str(pre), *DEMO_ARGS[stage], *extra.get(stage, [])]))
+                steps.append(Step(stage, name, seed_dir(out / STAGE_DIRS[stage] / name, sub),
+                                  ["--backbone", str(pre), *DEMO_ARGS[stage], *seed_args, *extra.get(stage, [])], seed))
     return steps
 
 
@@ -170,13 +189,6 @@ def run_subprocess(argv: list[str], log: Path | None = None, threads: int | None
         return subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
 
 
-def children_cpu() -> float:
-    """User + system CPU seconds of the finished child processes: the measure that stays put when others share the cores."""
-    import resource
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 def dependencies(steps: list[Step]) -> dict[int, set[int]]:
     """Step i waits for every earlier step whose run directory its arguments name (its --backbone or --teacher)."""
     deps = {}
@@ -186,46 +198,49 @@ def dependencies(steps: list[Step]) -> dict[int, set[int]]:
     return deps
 
 
-def run_steps(steps: list[Step], runner=run_subprocess, jobs: int = 1) -> list[tuple[Step, str, float]]:
-    """Run each step that is not finished, up to `jobs` at once (each when the runs it loads are done); stop starting
-    new ones at the first failure and raise a BotError naming the run."""
+def run_steps(steps: list[Step], runner=run_subprocess, jobs: int = 1, view: LiveView | None = None
+              ) -> list[tuple[Step, str, float]]:
+    """Run each step that is not finished, up to `jobs` at once (each when the runs it loads are done), each with
+    its output in a log file beside its run directory, shown in one live view (compare/live.py); stop starting new
+    ones at the first failure and raise a BotError naming the run."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     deps = dependencies(steps)
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
     results: dict[int, tuple[Step, str, float]] = {}
     failed: list[str] = []
+    view = view or LiveView(console)
+    entries = [view.add(step.stage, step.recipe + (f" seed {step.seed}" if step.seed else ""), step.out,
+                        step.out.parent / f"{step.out.name}.log") for step in steps]
 
     def run_one(i: int) -> None:
-        step = steps[i]
+        step, entry = steps[i], entries[i]
         state = step.state()
-        head = f"[{i + 1}/{len(steps)}] {step.stage} {step.recipe} -> {step.out}"
         if state == "finished":
-            console.print(f"[bold]{head}[/]: finished earlier (summary.json), skipped")
+            view.finished(entry, "skipped")
             results[i] = (step, "skipped", 0.0)
             return
         argv = step.argv(resume=state == "resume")
-        log = step.out.parent / f"{step.out.name}.log" if jobs > 1 else None
-        console.print(f"[bold]{head}[/]{': resuming from last.ckpt' if state == 'resume' else ''}"
-                      + (f" (output: {log})" if log else ""))
-        console.print(f"  $ bot {shlex.join(argv[len(bot_argv()):])}", style="dim")
-        t0, cpu0 = time.time(), children_cpu()
-        code = runner(argv, log, threads) if log is not None else runner(argv)
-        seconds, cpu = time.time() - t0, children_cpu() - cpu0
+        log = entry.log
+        view.started(entry)
+        view.say(f"  $ bot {shlex.join(argv[len(bot_argv()):])}" + ("  (resuming from last.ckpt)" if state == "resume" else ""))
+        t0 = time.time()
+        code = runner(argv, log, threads)
+        seconds = time.time() - t0
         if code != 0 or not (step.out / "summary.json").exists():
             hint = "interrupted" if code in (130, -2) else f"failed (exit code {code})"
-            where = f"see {log}" if log else "see its output above"
-            if log is not None and log.exists():
-                tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-3:]
-                console.print("\n".join(f"  | {ln}" for ln in tail), style="red")
-            failed.append(f"{step.out}: `bot {step.stage}` {hint}; {where}. "
+            tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-3:] if log.exists() else []
+            view.finished(entry, "failed", seconds, why=f"{hint}; see {log}")
+            for line in tail:
+                view.say(f"  | {line}")
+            failed.append(f"{step.out}: `bot {step.stage}` {hint}; see {log}. "
                           f"Run `bot demo` again with the same --out to resume")
             return
-        console.print(f"  done: {step.stage} {step.recipe} in {seconds:.0f} s" + ("" if jobs > 1 else f" (CPU time {cpu:.0f} s)"))
+        view.finished(entry, "done", seconds)
         results[i] = (step, "resumed" if state == "resume" else "ran", seconds)
 
     pending = set(range(len(steps)))
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    with view, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         running: dict = {}
         while (pending or running) and not (failed and not running):
             for i in sorted(pending):
@@ -236,7 +251,8 @@ def run_steps(steps: list[Step], runner=run_subprocess, jobs: int = 1) -> list[t
                     running[pool.submit(run_one, i)] = i
             if not running:
                 break
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            finished, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+            view.refresh()
             for future in finished:
                 running.pop(future)
                 future.result()
@@ -247,17 +263,17 @@ def run_steps(steps: list[Step], runner=run_subprocess, jobs: int = 1) -> list[t
 
 def run_demo(*, recipes: str = DEFAULT_RECIPES, out: str | Path = "runs/demo", depth: int = DEMO_DEPTH,
              teacher: str | None = None, pretrain_args: str = "", detect_args: str = "", segment_args: str = "",
-             baseline: str | None = None, runner=run_subprocess, jobs: int | None = None) -> Path:
+             baseline: str | None = None, runner=run_subprocess, jobs: int | None = None, seeds: int = 1) -> Path:
     from .command import run_compare
 
     out = Path(out)
     names = resolve_recipes(recipes)
     extra = {"pretrain": split_args("--pretrain-args", pretrain_args), "finetune-detect": split_args("--detect-args", detect_args),
              "finetune-seg": split_args("--segment-args", segment_args)}
-    steps = plan(names, out, depth=depth, teacher=teacher, extra=extra)
+    steps = plan(names, out, depth=depth, teacher=teacher, extra=extra, seeds=seeds)
     t0 = time.time()
     console.print(f"[bold]bot demo[/]: {len(names)} recipes ({', '.join(names)}) x pretrain, detection, "
-                  f"segmentation -> {out}")
+                  f"segmentation{f' x {seeds} seeds' if seeds > 1 else ''} -> {out}")
     jobs = jobs or min(2, os.cpu_count() or 1)
     done = run_steps(steps, runner, jobs)
     times = ", ".join(f"{s.stage} {s.recipe} {sec:.0f} s" for s, how, sec in done if how != "skipped")

@@ -16,7 +16,7 @@ import yaml
 from bot.engine.errors import BotError, first_line
 
 MARKERS = ("summary.json", "config.yaml", "metrics.jsonl", "last.ckpt")
-TASKS = ("pretrain", "detect", "segment")
+TASKS = ("pretrain", "classify", "detect", "segment")   # classify: `bot evaluate-cls` of any checkpoint
 
 
 @dataclass

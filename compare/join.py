@@ -1,11 +1,14 @@
 """Join pretrain runs with the fine-tune runs that used their weights, one row per backbone.
 
 The join key is the sha256 of the backbone weights that each downstream summary records, never a folder name, so
-runs can live anywhere. Repeated fine-tunes of one backbone are reduced to mean, min, max, std and count; each
-row's difference against the baseline row is mean minus mean, in percentage points.
+runs can live anywhere. Pretrain runs whose configs differ only in `train.seed` are seeds of one row (with their
+fine-tunes). Repeated runs (seeds, repeated fine-tunes) are reduced to mean, min, max, std and count; each row's
+difference against the baseline row is mean minus mean, in percentage points. `bot evaluate-cls` runs (task
+"classify") give a row's top-1/top-5 when no pretrain run does (weights from elsewhere).
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +58,17 @@ class Stat:
         return math.sqrt(sum((v - m) ** 2 for v in self.values) / (self.n - 1))
 
 
+@dataclass(frozen=True)
+class Interval:
+    """A paired-bootstrap interval of a row's difference against the baseline, in percentage points."""
+    low: float
+    high: float
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+
 @dataclass
 class Row:
     name: str
@@ -69,15 +83,21 @@ class Row:
     paper: dict[str, float] = field(default_factory=dict)         # --paper: the published values (%), if a ladder row
     paper_deltas: dict[str, float] = field(default_factory=dict)  # --paper: the published value minus B-standard's
     paper_label: str = ""                                         # --paper: the row's name in the paper's tables
+    classify: list[Run] = field(default_factory=list)            # `bot evaluate-cls` runs of these weights
+    seeds: list[int] = field(default_factory=list)               # pretrain seeds grouped into this row (2 or more)
+    ci: dict[str, Interval] = field(default_factory=dict)        # metric -> bootstrap interval of its delta
+    ci_notes: dict[str, str] = field(default_factory=dict)       # task -> why its metrics have no interval
 
     def runs(self, task: str) -> list[Run]:
-        return {"pretrain": self.pretrain, "detect": self.detect, "segment": self.segment}[task]
+        return {"pretrain": self.pretrain, "classify": self.classify, "detect": self.detect,
+                "segment": self.segment}[task]
 
 
 @dataclass
 class Comparison:
     rows: list[Row]
     baseline: Row
+    bootstrap: int = 0          # resamples behind the intervals (0: none computed)
 
     def metrics(self, shown_only: bool = False) -> list[Metric]:
         """The metrics at least one row has (measured, or published with --paper), in METRICS order."""
@@ -109,16 +129,69 @@ def orphan_name(run: Run) -> str:
     return p.parent.name if p.name == "model.safetensors" and p.parent.name else p.stem
 
 
+def has_value(run: Run, key: str) -> bool:
+    return isinstance(run.metrics.get(key), (int, float)) and math.isfinite(run.metrics[key])
+
+
+def metric_runs(row: Row, metric: Metric) -> list[Run]:
+    """The runs a row's value of `metric` comes from: its pretrain runs for top-1/top-5, else its `bot evaluate-cls`
+    runs (weights from elsewhere); the stage's runs for the others."""
+    runs = [r for r in row.runs(metric.task) if has_value(r, metric.key)]
+    if not runs and metric.task == "pretrain":
+        runs = [r for r in row.classify if has_value(r, metric.key)]
+    return runs
+
+
 def collect_stats(row: Row) -> None:
     for m in METRICS:
-        values = [float(r.metrics[m.key]) * 100 for r in row.runs(m.task)
-                  if isinstance(r.metrics.get(m.key), (int, float)) and math.isfinite(r.metrics[m.key])]
+        values = [float(r.metrics[m.key]) * 100 for r in metric_runs(row, m)]
         if not values and m.task == "pretrain" and not row.pretrain and m.key == "top1":
             # Weights from elsewhere: the checkpoint's own top-1 (safetensors metadata) is the best we know.
             tops = [r.backbone.get("top1") for r in row.detect + row.segment]
             values = [float(t) * 100 for t in tops if isinstance(t, (int, float))][:1]
         if values:
             row.stats[m.key] = Stat(values)
+
+
+# Config keys that say where or how fast a run went, not what it computed: seeds differing only in these group.
+RUN_ONLY_KEYS = {("train", "seed"), ("train", "device"), ("data", "workers"), ("train", "eval_every"),
+                 ("train", "log_every"), ("train", "compile"), ("train", "channels_last")}
+
+
+def seed_key(run: Run) -> tuple[str, int] | None:
+    """(the run's config without its seed and run-only keys, its seed), or None when it records no seed."""
+    cfg = run.config if isinstance(run.config, dict) else {}
+    train = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
+    seed = train.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        return None
+    rest = {section: ({k: v for k, v in body.items() if (section, k) not in RUN_ONLY_KEYS}
+                      if isinstance(body, dict) else body) for section, body in cfg.items()}
+    return json.dumps(rest, sort_keys=True, default=str), seed
+
+
+def group_seeds(rows: dict[str, Row]) -> dict[str, Row]:
+    """Rows of pretrain runs whose configs differ only in train.seed (`bot demo --seeds N`) become one row, the
+    first one's, holding every seed's runs."""
+    by_config: dict[str, Row] = {}
+    out: dict[str, Row] = {}
+    for key, row in rows.items():
+        keys = {seed_key(r) for r in row.pretrain}
+        config = next(iter(keys))[0] if len(keys) == 1 and None not in keys else None
+        first = by_config.get(config) if config is not None else None
+        seed = next(iter(keys))[1] if config is not None else None
+        if first is not None and seed not in first.seeds:
+            first.pretrain += row.pretrain
+            first.seeds.append(seed)
+            continue
+        if config is not None:
+            by_config[config] = row
+            row.seeds = [seed]
+        out[key] = row
+    for row in out.values():
+        if len(row.seeds) < 2:
+            row.seeds = []
+    return out
 
 
 def pick_baseline(rows: list[Row], wanted: str | None) -> Row:
@@ -145,11 +218,14 @@ def join(runs: list[Run], baseline: str | None = None) -> Comparison:
         if key not in rows:
             rows[key] = Row("", run.recipe or str((run.config or {}).get("recipe", "")), run.arch, run.sha256)
         rows[key].pretrain.append(run)
+    rows = group_seeds(rows)
     names = unique_names([row.pretrain[0].path for row in rows.values()])
     for row, name in zip(rows.values(), names):
         row.name = name
+    keys = {backbone_key(r): key for key, row in rows.items() for r in row.pretrain}  # every seed's weights
     for run in (r for r in runs if r.task != "pretrain"):
         key = backbone_key(run)
+        key = keys.get(key, key)
         if key not in rows:
             rows[key] = Row(orphan_name(run), run.recipe, run.arch, run.sha256)
         rows[key].runs(run.task).append(run)

@@ -1,6 +1,6 @@
 """The comparison as one PNG: top-1 against each transfer metric (one labelled point per backbone, the baseline
 marked, min-max whiskers for repeated runs; with --paper the published numbers as hollow points), and a bar chart
-of every row's difference against the baseline.
+of every row's difference against the baseline, with its 95% paired-bootstrap interval as an error bar.
 
 Headless: matplotlib's Agg backend, selected before pyplot is imported.
 """
@@ -80,18 +80,26 @@ def delta_bars(ax, comp: Comparison) -> None:
     width = 0.8 / max(1, len(others))
     cmap = plt.get_cmap("tab10")
     for i, row in enumerate(others):
-        xs, hs = [], []
+        xs, hs, errs = [], [], [[], []]
         for j, m in enumerate(metrics):
             d = row.deltas.get(m.key)
             if d is not None:
                 xs.append(j - 0.4 + width * (i + 0.5))
                 hs.append(d)
-        bars = ax.bar(xs, hs, width=width * 0.95, color=cmap(i % 10), label=row.name)
-        ax.bar_label(bars, fmt="%+.2f", fontsize=7, padding=2)
+                ci = row.ci.get(m.key)
+                # whiskers from the bar's top to the interval's ends (none where there is no interval)
+                errs[0].append(max(0.0, d - ci.low) if ci else 0.0)
+                errs[1].append(max(0.0, ci.high - d) if ci else 0.0)
+        bars = ax.bar(xs, hs, width=width * 0.95, color=cmap(i % 10), label=row.name,
+                      yerr=errs if any(errs[0] + errs[1]) else None, capsize=3, error_kw={"ecolor": "0.25", "lw": 1})
+        labels = [f"{h:+.2f}" + ("*" if row.ci.get(m.key) and row.ci[m.key].excludes_zero else "")
+                  for h, m in zip(hs, [m for m in metrics if row.deltas.get(m.key) is not None])]
+        ax.bar_label(bars, labels=labels, fontsize=7, padding=2)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(range(len(metrics)), [m.label for m in metrics])
     ax.set_ylabel("difference vs baseline (percentage points)")
-    ax.set_title(f"Difference against the baseline ({comp.baseline.name}); blank = stage not run")
+    ci = "; whiskers: 95% paired-bootstrap interval over images, * excludes 0" if any(r.ci for r in others) else ""
+    ax.set_title(f"Difference against the baseline ({comp.baseline.name}); blank = stage not run{ci}")
     if others:
         ax.legend(fontsize=8, loc="best")
     else:

@@ -1,8 +1,8 @@
 """The comparison as text: a rich table for the terminal, Markdown, CSV and JSON.
 
-Every format says the same thing: metrics in percent, the difference against the baseline in percentage points,
-and for repeated runs the mean with min-max and count. A stage a backbone has no run for is blank (JSON null),
-never 0.
+Every format says the same thing: metrics in percent, the difference against the baseline in percentage points
+with its paired-bootstrap interval (compare/intervals.py; marked * where it excludes 0), and for repeated runs
+(seeds) the mean with min-max and count. A stage a backbone has no run for is blank (JSON null), never 0.
 """
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .bootstrap import LEVEL, SEED
 from .discover import Discovery
-from .join import Comparison, Metric, Row, Stat
+from .join import Comparison, Interval, Metric, Row, Stat
 
 LEGEND = ("metrics in %; (±x) = difference vs the baseline row in percentage points; "
           "[min–max, n] = spread over n repeated runs; blank = no finished run of that stage")
@@ -23,8 +24,40 @@ PAPER_LEGEND = ("; \"paper\" columns: the published value (He et al. 2019, Table
                 "vs the paper's B-standard row")
 
 
+CI_LEGEND = ("; [a, b] after a difference = its 95% paired-bootstrap interval over the validation images ({n} "
+             "resamples; image sampling only, not training noise), * = the interval excludes 0")
+MARK = "*"
+
+
 def legend(comp: Comparison) -> str:
-    return LEGEND + (PAPER_LEGEND if comp.has_paper else "")
+    ci = CI_LEGEND.format(n=comp.bootstrap) if any(r.ci for r in comp.rows) else ""
+    return LEGEND + ci + (PAPER_LEGEND if comp.has_paper else "")
+
+
+def interval_text(ci: Interval | None) -> str:
+    """` [+1.9, +4.4]*`: one decimal (the interval's own precision), the mark where it excludes 0."""
+    if ci is None:
+        return ""
+    return f" [{ci.low:+.1f}, {ci.high:+.1f}]" + (MARK if ci.excludes_zero else "")
+
+
+def delta_text(row: Row, key: str) -> str:
+    d = row.deltas.get(key)
+    return "" if d is None else f"{d:+.2f}" + interval_text(row.ci.get(key))
+
+
+def note_lines(comp: Comparison) -> list[str]:
+    """Why a row's differences have no interval, and the seed spread of rows with several seeds."""
+    lines = []
+    for row in comp.rows:
+        for stage, reason in row.ci_notes.items():
+            lines.append(f"note: {row.name}: {stage}: no interval: {reason}")
+        if row.seeds:
+            spread = ", ".join(f"{m.label} sd {row.stats[m.key].std:.2f}" for m in comp.metrics(shown_only=True)
+                               if m.key in row.stats and row.stats[m.key].n > 1)
+            lines.append(f"note: {row.name}: {len(row.seeds)} seeds ({', '.join(map(str, row.seeds))}); "
+                         f"seed-to-seed spread (training noise, not in the intervals): {spread}")
+    return lines
 
 
 def columns(comp: Comparison) -> list[tuple[Metric, bool]]:
@@ -59,7 +92,7 @@ def cell_text(row: Row, key: str, is_baseline: bool) -> str:
     parts = [fmt(s.mean)]
     delta = row.deltas.get(key)
     if not is_baseline and delta is not None:
-        parts.append(f"({delta:+.2f})")
+        parts.append(f"({delta_text(row, key)})")
     if s.n > 1:
         parts.append(spread_text(s))
     return " ".join(parts)
@@ -79,7 +112,8 @@ def to_markdown(comp: Comparison) -> str:
         cells = [row_label(comp, row), row.recipe, row.arch]
         cells += [paper_text(row, m.key) if p else cell_text(row, m.key, row is comp.baseline) for m, p in cols]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines) + f"\n\n{legend(comp)}\n"
+    notes = "".join(f"- {line}\n" for line in note_lines(comp))
+    return "\n".join(lines) + f"\n\n{legend(comp)}\n" + (f"\n{notes}" if notes else "")
 
 
 def _num(v: float | None) -> str:
@@ -91,22 +125,26 @@ def to_csv(comp: Comparison) -> str:
     metrics = comp.metrics()
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
-    head = ["name", "baseline", "recipe", "arch", "sha256", "pretrain_runs", "detect_runs", "segment_runs"]
+    head = ["name", "baseline", "recipe", "arch", "sha256", "pretrain_runs", "detect_runs", "segment_runs",
+            "classify_runs"]
     for m in metrics:
-        head += [m.key, f"{m.key}_delta", f"{m.key}_min", f"{m.key}_max", f"{m.key}_std", f"{m.key}_n"]
+        head += [m.key, f"{m.key}_delta", f"{m.key}_ci_low", f"{m.key}_ci_high", f"{m.key}_min", f"{m.key}_max",
+                 f"{m.key}_std", f"{m.key}_n"]
     paper = [m for m in metrics if any(m.key in r.paper for r in comp.rows)]
     for m in paper:
         head += [f"{m.key}_paper", f"{m.key}_paper_delta"]
     w.writerow(head)
     for row in comp.rows:
         line = [row.name, int(row is comp.baseline), row.recipe, row.arch, row.sha256]
-        line += [";".join(str(r.path) for r in row.runs(t)) for t in ("pretrain", "detect", "segment")]
+        line += [";".join(str(r.path) for r in row.runs(t)) for t in ("pretrain", "detect", "segment", "classify")]
         for m in metrics:
             s = row.stats.get(m.key)
+            ci = row.ci.get(m.key)
             if s is None:
-                line += [""] * 6
+                line += [""] * 8
             else:
-                line += [_num(s.mean), _num(row.deltas.get(m.key)), _num(s.min), _num(s.max), _num(s.std), s.n]
+                line += [_num(s.mean), _num(row.deltas.get(m.key)), _num(ci and ci.low), _num(ci and ci.high),
+                         _num(s.min), _num(s.max), _num(s.std), s.n]
         for m in paper:
             line += [_num(row.paper.get(m.key)), _num(row.paper_deltas.get(m.key))]
         w.writerow(line)
@@ -119,17 +157,23 @@ def to_dict(comp: Comparison, found: Discovery | None = None) -> dict:
         stats = {}
         for m in comp.metrics():
             s = row.stats.get(m.key)
+            ci = row.ci.get(m.key)
             stats[m.key] = None if s is None else {
-                "mean": s.mean, "min": s.min, "max": s.max, "std": s.std, "n": s.n, "delta": row.deltas.get(m.key)}
+                "mean": s.mean, "min": s.min, "max": s.max, "std": s.std, "n": s.n, "delta": row.deltas.get(m.key),
+                "ci_low": ci and ci.low, "ci_high": ci and ci.high, "ci_excludes_zero": ci and ci.excludes_zero}
         rows.append({"name": row.name, "baseline": row is comp.baseline, "recipe": row.recipe, "arch": row.arch,
-                     "sha256": row.sha256, "metrics": stats,
-                     "runs": {t: [str(r.path) for r in row.runs(t)] for t in ("pretrain", "detect", "segment")}})
+                     "sha256": row.sha256, "metrics": stats, "seeds": list(row.seeds), "ci_notes": dict(row.ci_notes),
+                     "runs": {t: [str(r.path) for r in row.runs(t)]
+                              for t in ("pretrain", "detect", "segment", "classify")}})
         if comp.has_paper:
             rows[-1]["paper"] = {"label": row.paper_label or None, "metrics": {
                 k: {"value": v, "delta": row.paper_deltas.get(k)} for k, v in row.paper.items()}}
     out = {"units": "percent; delta = mean minus the baseline's mean, in percentage points",
            "baseline": comp.baseline.name,
            "metrics": [{"key": m.key, "label": m.label, "task": m.task} for m in comp.metrics()],
+           "bootstrap": {"resamples": comp.bootstrap, "seed": SEED, "level": LEVEL,
+                         "method": "paired percentile bootstrap over validation images (compare/intervals.py); "
+                                   "ci_low/ci_high bound the delta, in percentage points"},
            "rows": rows}
     if comp.has_paper:
         from .paper import paper_table
@@ -167,7 +211,10 @@ def rich_table(comp: Comparison) -> Table:
                 cell.append(fmt(s.mean))
                 d = row.deltas.get(m.key)
                 if row is not comp.baseline and d is not None:
-                    cell.append(f"\n({d:+.2f})", style="green" if d > 0 else "red" if d < 0 else "")
+                    ci = row.ci.get(m.key)
+                    cell.append(f"\n({d:+.2f}", style="green" if d > 0 else "red" if d < 0 else "")
+                    cell.append(interval_text(ci), style="bold" if ci and ci.excludes_zero else "dim")
+                    cell.append(")")
                 if s.n > 1:
                     cell.append("\n" + spread_text(s), style="dim")
             cells.append(cell)
@@ -197,5 +244,7 @@ def print_terminal(comp: Comparison, found: Discovery, console: Console | None =
         if not row.pretrain:
             console.print(f"note: {row.name}: no pretrain run among these paths has these weights"
                           + (" (top-1 from the checkpoint's metadata)" if "top1" in row.stats else ""))
+    for line in note_lines(comp):
+        console.print(line, highlight=False, soft_wrap=True)
     for line in unfinished_lines(found):
         console.print(line, highlight=False)

@@ -15,7 +15,7 @@ from bot.engine.heap import collector_paused
 from bot.engine.rundir import atomic_write_text, check_output_file
 
 from .data_coco import check_bbox, is_number
-from .metrics_coco import evaluate_coco
+from .metrics_coco import run_cocoeval
 from .metrics_voc import evaluate_voc
 from .data_voc import legacy_image_id
 from .records import Split
@@ -161,17 +161,26 @@ def _read_coco_results(path: str | Path, split: Split) -> list[dict]:
 
 
 def score(split: Split, detections: list[dict]) -> tuple[dict, dict, str]:
-    """(metrics as docs/design.md section 3 names them, per-class APs, a printable table). The collector is paused
-    (engine/heap.py): at COCO val size its passes were more than half the time."""
+    """(metrics as docs/design.md section 3 names them, per-class APs, a printable table)."""
+    metrics, per_class, table, _ = score_all(split, detections)
+    return metrics, per_class, table
+
+
+def score_all(split: Split, detections: list[dict]) -> tuple[dict, dict, str, dict]:
+    """score's three, and the per-image arrays (detection/per_image.py) that per_image.npz holds. The collector is
+    paused (engine/heap.py): at COCO val size its passes were more than half the time."""
+    from .per_image import coco_arrays, voc_arrays
+
     with collector_paused():
         voc = evaluate_voc(detections, split.ground_truth(), split.classes)
-        coco, _ = evaluate_coco(split.coco_ground_truth(), to_coco_results(split, detections), own=True)
+        coco, _, ev = run_cocoeval(split.coco_ground_truth(), to_coco_results(split, detections), own=True)
+        per_image = voc_arrays(split, detections, voc) | coco_arrays(split, len(detections), ev)
     scored = sum(n > 0 for n in voc.npos)
     # the means are over the classes with ground truth: the count travels with them (table and summary.json)
     metrics = {"voc07_map50": voc.map07, "voc_map50": voc.map_area, **coco,
                "classes_scored": scored, "classes_declared": len(split.classes)}
     per_class = {c: {"ap07": a, "ap_area": b, "n_gt": n} for c, a, b, n in zip(voc.classes, voc.ap07, voc.ap_area, voc.npos)}
-    return metrics, per_class, format_table(metrics, per_class)
+    return metrics, per_class, format_table(metrics, per_class), per_image
 
 
 def format_table(metrics: dict, per_class: dict) -> str:

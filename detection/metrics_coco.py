@@ -48,10 +48,18 @@ def evaluate_coco(gt_dataset: dict, results: list[dict], own: bool = False) -> t
 
     Returns ({stat name: fraction or None where COCOeval has nothing to measure}, COCOeval's printed table).
     """
+    stats, text, _ = run_cocoeval(gt_dataset, results, own)
+    return stats, text
+
+
+def run_cocoeval(gt_dataset: dict, results: list[dict], own: bool = False):
+    """evaluate_coco's (stats, table) and the COCOeval object itself (its evalImgs hold the per-image matches;
+    results are numbered 1, 2, ... in list order, as loadRes numbers them), None when there was nothing to
+    evaluate."""
     from pycocotools.cocoeval import COCOeval
 
     if not results:  # COCO.loadRes refuses an empty list; with nothing detected every AP is 0
-        return {k: 0.0 for k in STAT_NAMES}, "no detections"
+        return {k: 0.0 for k in STAT_NAMES}, "no detections", None
     gt = coco_from_dict(gt_dataset)
     dt = results_api(gt, results if own else [dict(r) for r in results])
     out = io.StringIO()
@@ -61,4 +69,4 @@ def evaluate_coco(gt_dataset: dict, results: list[dict], own: bool = False) -> t
         ev.accumulate()
         ev.summarize()
     stats = {k: (float(v) if v >= 0 else None) for k, v in zip(STAT_NAMES, ev.stats[:6])}
-    return stats, out.getvalue()
+    return stats, out.getvalue(), ev

@@ -90,6 +90,14 @@ def match(det_keys: np.ndarray, det_boxes: np.ndarray, order: np.ndarray, gt_key
     return tp, fp
 
 
+def pr_curve(flags: np.ndarray, npos: int) -> tuple[np.ndarray, np.ndarray]:
+    """Recall and precision after each ranked detection, from its flags (1 TP, 0 FP, -1 neither)."""
+    tp, fp = np.cumsum(flags == 1).astype(np.float64), np.cumsum(flags == 0).astype(np.float64)
+    rec = tp / npos if npos else np.zeros_like(tp)
+    prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+    return rec, prec
+
+
 def to_devkit(boxes_xyxy: np.ndarray) -> np.ndarray:
     """Continuous 0-based [x0, x1) boxes (N, 4) -> devkit 1-based inclusive boxes."""
     boxes = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)
@@ -105,6 +113,7 @@ class VocResult:
     map07: float = 0.0
     map_area: float = 0.0
     extra: dict = field(default_factory=dict)
+    flags: np.ndarray | None = None  # per input detection: 1 TP, 0 FP, -1 on a difficult box (`match`)
 
 
 def evaluate_voc(detections: list[dict], ground_truth: dict, classes: list[str], iou_thresh: float = 0.5) -> VocResult:
@@ -136,19 +145,19 @@ def evaluate_voc(detections: list[dict], ground_truth: dict, classes: list[str],
     order = np.lexsort((np.arange(n), -scores, labels))   # by class, then score descending; ties keep input order
     det_keys = np.where(images >= 0, images * k + labels, -1)
     tp, fp = match(det_keys, boxes, order, gt_image * k + gt_labels, gt_boxes, gt_difficult, iou_thresh)
+    flags = np.where(tp > 0, 1, np.where(fp > 0, 0, -1)).astype(np.int8)   # per input detection
 
     ap07, apa, npos_list = [], [], []
     bounds = np.searchsorted(labels[order], np.arange(k + 1))
     for c in range(k):
         sel = order[bounds[c]:bounds[c + 1]]
         n_pos = int(npos[c])
-        ctp, cfp = np.cumsum(tp[sel]), np.cumsum(fp[sel])
-        rec = ctp / n_pos if n_pos else np.zeros_like(ctp)
-        prec = ctp / np.maximum(ctp + cfp, np.finfo(np.float64).eps)
+        rec, prec = pr_curve(flags[sel], n_pos)
         npos_list.append(n_pos)
         ap07.append(ap_voc07(rec, prec) if n_pos else None)
         apa.append(ap_area(rec, prec) if n_pos else None)
     valid07 = [a for a in ap07 if a is not None]
     valida = [a for a in apa if a is not None]
     return VocResult(list(classes), ap07, apa, npos_list,
-                     float(np.mean(valid07)) if valid07 else 0.0, float(np.mean(valida)) if valida else 0.0)
+                     float(np.mean(valid07)) if valid07 else 0.0, float(np.mean(valida)) if valida else 0.0,
+                     flags=flags)

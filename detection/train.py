@@ -14,13 +14,15 @@ import torch
 from bot.engine.config import given, load_yaml, overlay
 from bot.engine.distributed import EpochSampler, broadcast_object
 from bot.engine.errors import BotError
+from bot.engine.per_image import FILE_NAME as PER_IMAGE_FILE
 from bot.engine.precision import Precision
 from bot.engine.schedules import Schedule, milestone_steps, scaled_lr
 from bot.engine.stage import Session, StageDef, fresh_config, launch, run_config
 from bot.pretrain.weights import check_checkpoint, is_arch_name
 
 from .data import AspectBatchSampler, DetectionDataset, check_val, collate, load_split, parse_spec, resolve_data
-from .evaluate import predict, score, write_detections
+from .evaluate import predict, score_all, write_detections
+from .per_image import write_detect
 from .model import build_detector, resolve_auto, resolve_detector, save_detector
 
 HERE = Path(__file__).parent
@@ -149,7 +151,7 @@ def train_session(session: Session) -> dict:
         last["eval_images_per_second"] = speed * ctx.world_size
         result = None
         if ctx.is_main:
-            metrics, per_class, table = score(val_split, dets)
+            metrics, per_class, table, last["per_image"] = score_all(val_split, dets)
             write_detections(run.path / f"detections_{split_tag}.json", val_split, dets)
             result = (metrics, per_class, table)
         metrics, last["per_class"], last["table"] = broadcast_object(result, ctx)
@@ -165,6 +167,7 @@ def train_session(session: Session) -> dict:
             "classes": train_split.classes, "category_ids": train_split.category_ids, "model": m,
             "min_size": d["min_size"], "max_size": d["max_size"], "mean": list(info.mean), "std": list(info.std),
             "backbone": info.summary() | {"variant": info.variant}, "synthetic": d["synthetic"]})
+        write_detect(run.path / PER_IMAGE_FILE, val_split, last["per_image"])
         summary = session.finish({
             "metrics": result["metrics"], "per_class": last.get("per_class"), "backbone": info.summary(),
             "dataset": {"name": ("synthetic-shapes-" + kind) if parse_spec(d["spec"])[0] == "synthetic" else kind,

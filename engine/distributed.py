@@ -98,6 +98,26 @@ def broadcast_object(obj, ctx: DistContext):
     return box[0]
 
 
+def all_gather_object(obj, ctx: DistContext) -> list:
+    """Every rank's `obj` (any picklable value of our own making, e.g. numpy arrays), in rank order; [obj] alone."""
+    if not ctx.distributed:
+        return [obj]
+    out = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def unshard(parts: list, size: int):
+    """Per-rank arrays from a ShardSampler pass back in dataset order: rank r scored indices r, r + W, r + 2W, ..."""
+    import numpy as np
+
+    parts = [np.asarray(p) for p in parts]
+    out = np.empty((size, *parts[0].shape[1:]), dtype=parts[0].dtype)
+    for rank, part in enumerate(parts):
+        out[rank::len(parts)] = part
+    return out
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.distributed:
         dist.barrier()

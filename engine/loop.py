@@ -27,6 +27,7 @@ from .errors import BotError
 from .precision import Precision
 from .progress import Bar, report
 from .rundir import RunDir
+from .status import StatusFile
 from .schedules import Schedule, set_lr
 
 
@@ -151,6 +152,7 @@ def fit(*, model, optimizer, precision: Precision, schedule: Schedule, loader, s
     # steps between host reads of the loss: every step on a CPU (free), at each log line on a GPU (one sync)
     check_every = 1 if ctx.device.type == "cpu" else max(1, log_every)
     pending: list[torch.Tensor] = []  # losses of the steps since the last host read
+    status = StatusFile(run.path, run.enabled, task=task, epochs=epochs)  # progress.json, for bot demo's live view
 
     def check(epoch: int) -> list[float]:
         """Read the pending losses back (one sync); stop at the first non-finite one, naming its step."""
@@ -184,6 +186,10 @@ def fit(*, model, optimizer, precision: Precision, schedule: Schedule, loader, s
             sampler.set_epoch(epoch, skip=pos.batch_in_epoch * batch_size)
             model.train()
             bar = Bar(len(loader), f"epoch {epoch + 1}/{epochs}", enabled=ctx.is_main)
+            if not status.state["batches"]:
+                batches = pos.batch_in_epoch + len(loader)
+                status.update(batches=batches, steps=epochs * batches)
+            status.update(force=True, phase="train", epoch=epoch + 1, batch=pos.batch_in_epoch, step=pos.step)
             tic = time.perf_counter()
             loss_sum, loss_n = 0.0, 0
             try:
@@ -202,10 +208,12 @@ def fit(*, model, optimizer, precision: Precision, schedule: Schedule, loader, s
                         values = check(epoch)
                         loss_sum, loss_n = loss_sum + sum(values), loss_n + len(values)
                         elapsed = train_seconds + time.perf_counter() - tic
-                        bar.update(advance=len(values), loss=values[-1], lr=lr, **{"img/s": images / max(elapsed, 1e-9)})
+                        rate = images / max(elapsed, 1e-9)
+                        bar.update(advance=len(values), loss=values[-1], lr=lr, **{"img/s": rate})
+                        status.update(batch=pos.batch_in_epoch, step=pos.step, loss=values[-1], images_per_second=rate)
                         if pos.step % log_every == 0:
                             run.log({"epoch": epoch + 1, "step": pos.step, "lr": lr, "loss": values[-1],
-                                     **{k: float(v) for k, v in logs.items()}})
+                                     "images_per_second": rate, **{k: float(v) for k, v in logs.items()}})
                     if on_step is not None:
                         on_step(pos)
                     if stop_requested(interrupt, ctx, pos.step % check_every == 0):
@@ -220,13 +228,17 @@ def fit(*, model, optimizer, precision: Precision, schedule: Schedule, loader, s
             pos.epoch, pos.batch_in_epoch = epoch + 1, 0
             record = {"epoch": epoch + 1, "step": pos.step, "lr": schedule(pos.step), "train_loss": loss_sum / max(loss_n, 1)}
             if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
+                status.update(force=True, phase="evaluate", batch=status.state["batches"])
                 metrics = evaluate()
                 record.update(metrics)
+                status.update(force=True, phase="train", metrics=metrics)
             run.log(record)
             report(f"epoch {epoch + 1}/{epochs}  " + "  ".join(
                 f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items() if k not in ("epoch",)), ctx.is_main)
             save(epoch)
     if not metrics:  # resumed after the last epoch's evaluation had already run
+        status.update(force=True, phase="evaluate")
         metrics = evaluate()
+    status.update(force=True, phase="done", metrics=metrics)
     return {"metrics": metrics, "images_per_second": images / train_seconds if train_seconds > 0 else 0.0,
             "train_seconds": train_seconds}

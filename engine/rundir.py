@@ -1,4 +1,5 @@
-"""The run directory every stage writes: config.yaml, metrics.jsonl, summary.json (last, atomically).
+"""The run directory every stage writes: config.yaml, metrics.jsonl (and TensorBoard events), summary.json (last,
+atomically).
 
 Only rank 0 holds a writable RunDir; other ranks get one with `enabled=False` whose writes do nothing.
 """
@@ -27,8 +28,9 @@ def _umask() -> int:
 FILE_MODE = 0o666 & ~_umask()  # what open() would give: teammates on shared storage can read a run
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: a reader sees the old file or the whole new one."""
+def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:
+    """Write to a temporary file beside `path`, then rename: a reader sees the old file or the whole new one.
+    `fsync` makes the new file survive a machine crash too (results, checkpoints); a status file can skip it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -37,7 +39,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -45,8 +48,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+def atomic_write_text(path: Path, text: str, fsync: bool = True) -> None:
+    atomic_write_bytes(path, text.encode(), fsync)
 
 
 def writable_folder_problem(folder: Path) -> str | None:
@@ -118,6 +121,7 @@ class RunDir:
         self.path = Path(path)
         self.enabled = enabled
         self.started = time.time()
+        self.tensorboard = None  # a SummaryWriter once open_tensorboard found one wanted (engine/tensorboard.py)
         if enabled:
             self.path.mkdir(parents=True, exist_ok=True)
 
@@ -135,6 +139,21 @@ class RunDir:
         if self.enabled:
             with open(self.metrics_file, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.tensorboard is not None:
+                from .tensorboard import write_record
+                write_record(self.tensorboard, record)
+
+    def open_tensorboard(self, setting, purge_step: int = 0) -> None:
+        """Mirror every later `log` record into TensorBoard event files here (train.tensorboard: auto|true|false);
+        a resumed run purges the events a killed process logged after its checkpoint's step."""
+        if self.enabled and self.tensorboard is None:
+            from .tensorboard import open_writer
+            self.tensorboard = open_writer(self.path, setting, purge_step)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
 
     def truncate_log(self, step: int) -> None:
         """On resume, drop records logged after the checkpoint's step, so the log reads as one uninterrupted run."""

@@ -30,10 +30,12 @@ from .precision import Precision
 from .progress import report
 from .rundir import RunDir, versions, writable_folder_problem
 from .schema import flatten, validate
+from .tensorboard import check_setting as check_tensorboard
 
 # What may change when a run is continued: where and how fast it runs, not what it computes (lr is allowed so that
 # a diverged run can go on at a lower rate).
-RESUME_OVERRIDES = ("train.lr", "data.workers", "train.device", "train.eval_every", "train.log_every")
+RESUME_OVERRIDES = ("train.lr", "data.workers", "train.device", "train.eval_every", "train.log_every",
+                    "train.tensorboard")
 
 
 @dataclass
@@ -242,6 +244,7 @@ class Session:
             if self.run.metrics_file.exists():
                 self.run.metrics_file.unlink()
             self.run.write_config(self.cfg)
+        self.run.open_tensorboard(self.cfg["train"].get("tensorboard", "auto"), start.step + 1 if start else 0)
         return fit(model=model, optimizer=optimizer, precision=precision, run=self.run, ctx=self.ctx, start=start,
                    seed=self.seed, task=self.stage.task, on_step=self.on_step,
                    extra_state=lambda: {"wall_seconds": self.wall_seconds()}, **kwargs)
@@ -278,6 +281,7 @@ def run_config(stage: StageDef, train: Callable[[Session], dict], cfg: dict, out
                on_step=None) -> dict:
     """Run `train(session)` on a resolved config: checks, run-dir policy, lock, process group; returns the summary."""
     validate(cfg, stage.schema())
+    check_tensorboard(cfg["train"].get("tensorboard", "auto"))
     out = Path(out)
     run = RunDir(out, enabled=False)
     if resume and run.finished():
@@ -299,7 +303,10 @@ def run_config(stage: StageDef, train: Callable[[Session], dict], cfg: dict, out
         ctx = dist.setup(cfg["train"]["device"])
         try:
             session = Session(stage, cfg, out, resume, ctx, RunDir(out, enabled=ctx.is_main), on_step=on_step)
-            return train(session)
+            try:
+                return train(session)
+            finally:
+                session.run.close()
         finally:
             dist.cleanup()
 

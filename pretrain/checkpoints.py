@@ -49,6 +49,7 @@ class Checkpoint:
     name: str                    # what a comparison row is called: run dir, file stem or timm:NAME
     recipe: str = "unknown"
     top1: float | None = None
+    classes: list[str] | None = None             # class names in output order, when the file names them
     metadata: dict = field(default_factory=dict)
     how: dict = field(default_factory=dict)       # arch / variant / mean_std / num_classes -> where it came from
     notes: list[str] = field(default_factory=list)
@@ -209,7 +210,16 @@ def read_checkpoint(source: str | Path, arch: str | None = None) -> Checkpoint:
     return Checkpoint(state=state, arch=guess.arch, variant=guess.variant, mean=mean, std=std, num_classes=num_classes,
                       sha256=sha256_file(path), origin=origin, source=str(path.resolve()), name=name,
                       recipe=str(m.get("recipe") or "unknown") if m else origin,
-                      top1=_top1(where, m.get("top1")) if m else None, metadata=dict(meta.values), how=how, notes=notes)
+                      top1=_top1(where, m.get("top1")) if m else None, classes=_classes(where, m.get("classes"), num_classes),
+                      metadata=dict(meta.values), how=how, notes=notes)
+
+
+def _classes(path, value, num_classes: int) -> list[str] | None:
+    if value is None:
+        return None
+    if not (isinstance(value, list) and all(isinstance(c, str) for c in value) and len(value) == num_classes):
+        raise BotError(f"{path}: metadata 'classes' is not a list of {num_classes} class names")
+    return list(value)
 
 
 def _cfg_dict(cfg) -> dict:

@@ -16,6 +16,7 @@ from bot.engine import distributed as dist
 from bot.engine.config import given
 from bot.engine.errors import BotError
 from bot.engine.loop import unwrap
+from bot.engine.per_image import FILE_NAME as PER_IMAGE_FILE
 from bot.engine.precision import Precision
 from bot.engine.progress import report
 from bot.engine.schedules import Schedule, scaled_lr
@@ -24,6 +25,7 @@ from bot.engine.stage import Session, StageDef, launch, run_config
 from .backbones import create_backbone, parse_arch
 from .data import build_datasets, build_loaders, check_val
 from .optim import build_optimizer
+from .per_image import gather_top5, image_ids, write_classify
 from .recipes import RENAMED, apply_synthetic_scale, load_recipe, milestone_steps, schema
 from .tricks import distillation_loss, mixup, smooth_targets, soft_cross_entropy
 from .weights import WEIGHTS_NAME, check_checkpoint, load_backbone, save_classifier
@@ -160,18 +162,24 @@ def train_session(session: Session) -> dict:
             loss = soft_cross_entropy(logits, target)
         return loss, images.shape[0], {}
 
+    last_eval: dict = {}
+
     @torch.no_grad()
     def evaluate() -> dict:
         model.eval()
         counts = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # summed on the device, read once
+        tops, labs = [], []  # per image, kept on the device: per_image.npz of the final evaluation
         for images, labels in val_loader:
             images, labels = session.inputs(images), labels.to(ctx.device, non_blocking=True)
             with precision.autocast():
                 logits = model(images)
             top5 = logits.float().topk(min(5, num_classes), dim=1).indices
+            tops.append(top5)
+            labs.append(labels)
             hit = top5 == labels[:, None]
             counts += torch.stack([hit[:, 0].sum(), hit.any(1).sum(), torch.tensor(labels.numel(), device=ctx.device)]).double()
         counts = dist.all_reduce_sum(counts.cpu(), ctx)
+        last_eval["per_image"] = gather_top5(tops, labs, len(data.val), ctx)
         model.train()
         return {"top1": float(counts[0] / counts[2]), "top5": float(counts[1] / counts[2])}
 
@@ -184,7 +192,9 @@ def train_session(session: Session) -> dict:
         weights = out / WEIGHTS_NAME
         name, _, variant = parse_arch(cfg["model"]["arch"])
         sha = save_classifier(unwrap(model), weights, arch=name, num_classes=num_classes, recipe=cfg["recipe"],
-                              top1=metrics["top1"])
+                              top1=metrics["top1"], classes=data.classes)
+        labels, top5 = last_eval["per_image"]
+        write_classify(out / PER_IMAGE_FILE, image_ids(data.val.samples, root / "val"), labels, top5, data.classes)
         summary = session.finish({
             "metrics": metrics,
             "backbone": {"arch": name, "variant": variant.upper(), "recipe": cfg["recipe"], "sha256": sha,

@@ -43,6 +43,7 @@ class BackboneInfo:
     inferred: dict = field(default_factory=dict)         # arch / variant / mean_std / num_classes: where from
     channels: list[int] = field(default_factory=list)    # feature extractor: channels per out index
     reductions: list[int] = field(default_factory=list)  # feature extractor: stride per out index
+    classes: list[str] | None = None                     # class names in output order, when the file names them
 
     def summary(self) -> dict:
         """The `backbone` block of a downstream summary.json."""
@@ -52,15 +53,18 @@ class BackboneInfo:
     def from_checkpoint(cls, ck: Checkpoint) -> "BackboneInfo":
         return cls(arch=ck.arch, variant=ck.variant, recipe=ck.recipe, sha256=ck.sha256, source=ck.source,
                    num_classes=ck.num_classes, top1=ck.top1, mean=ck.mean, std=ck.std, origin=ck.origin, name=ck.name,
-                   inferred=dict(ck.how))
+                   inferred=dict(ck.how), classes=ck.classes)
 
 
 def save_classifier(model: nn.Module, path: Path, *, arch: str, num_classes: int, recipe: str, top1: float | None,
-                    mean=PAPER_MEAN, std=PAPER_STD) -> str:
-    """Write `model`'s weights (timm key names) with metadata, atomically; return the file's sha256."""
+                    mean=PAPER_MEAN, std=PAPER_STD, classes: list[str] | None = None) -> str:
+    """Write `model`'s weights (timm key names) with metadata, atomically; return the file's sha256. `classes`: the
+    class names in output order (what `bot evaluate-cls` matches a folder's classes against)."""
     name, depth, variant = parse_arch(arch)
     meta = {"arch": name, "variant": variant.upper(), "depth": depth, "num_classes": num_classes, "recipe": recipe,
             "top1": top1, "mean": list(mean), "std": list(std)}
+    if classes is not None:
+        meta["classes"] = [str(c) for c in classes]
     return write_weights(Path(path), model.state_dict(), "backbone", meta)
 
 

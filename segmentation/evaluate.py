@@ -53,8 +53,10 @@ def predict_labels(model, images: torch.Tensor, sizes, mode: str, window: int, o
 
 @torch.no_grad()
 def confusion(model, dataset: SegDataset, ctx: DistContext, *, batch_size: int, mode: str, window: int,
-              overlap: float, workers: int = 0, on_batch=None, ms: dict | None = None) -> ConfusionMatrix:
-    """The confusion matrix of `model` on `dataset`, each image scored once over all ranks, then summed."""
+              overlap: float, workers: int = 0, on_batch=None, ms: dict | None = None,
+              per_image=None) -> ConfusionMatrix:
+    """The confusion matrix of `model` on `dataset`, each image scored once over all ranks, then summed;
+    `per_image` (segmentation.per_image.PerImageCounts) also gets each image's own counts."""
     source = dataset.source
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), ctx), num_workers=workers,
@@ -65,6 +67,8 @@ def confusion(model, dataset: SegDataset, ctx: DistContext, *, batch_size: int, 
     for images, masks, sizes, indices in loader:
         pred = predict_labels(model, images.to(ctx.device), sizes, mode, window, overlap, ms)
         cm.update(pred, masks)  # padding is labelled ignore, so it counts nowhere; on a GPU, counted there
+        if per_image is not None:
+            per_image.update(pred, masks, indices)
         if on_batch is not None:
             on_batch(pred.cpu(), sizes, indices)
     model.train(was_training)

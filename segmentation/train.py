@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from bot.engine.config import given, load_yaml, overlay
 from bot.engine.errors import BotError
+from bot.engine.per_image import FILE_NAME as PER_IMAGE_FILE
 from bot.engine.precision import Precision
 from bot.engine.progress import report
 from bot.engine.rundir import atomic_write_text
@@ -27,6 +28,7 @@ from .data import SegDataset, check_splits, default_config, list_pairs, source_f
 from .evaluate import confusion, ms_options, save_segmenter
 from .metrics import headline, per_class_table
 from .models import build_model, param_groups
+from .per_image import PerImageCounts, write_segment
 from .transforms import eval_transform, train_transform
 
 HERE = Path(__file__).parent
@@ -160,10 +162,12 @@ def train_session(session: Session) -> dict:
     def evaluate(mode: str | None = None) -> dict:
         # ms-flip costs a dozen forward passes per image: the periodic evaluations score whole images, the final one ms-flip
         mode = mode or ("whole" if cfg["eval"]["mode"] == "ms-flip" else cfg["eval"]["mode"])
+        counts = PerImageCounts(source.num_classes, source.ignore_index)
         cm = confusion(model, val_set, ctx, batch_size=cfg["eval"]["batch_size"], mode=mode,
                        window=d["crop_size"], overlap=cfg["eval"]["slide_overlap"], workers=d["workers"],
-                       ms=ms_options(cfg))
+                       ms=ms_options(cfg), per_image=counts)
         last["result"] = cm.compute()
+        last["per_image"] = counts.gather(len(val_set), ctx)
         return headline(last["result"])
 
     result = session.fit(model=net, optimizer=optimizer, precision=precision, schedule=schedule, loader=loader,
@@ -184,6 +188,8 @@ def train_session(session: Session) -> dict:
         save_segmenter(model, run.weights_file, {"head": m["head"], "arch": info.arch,
                                                  "num_classes": source.num_classes, "backbone_sha256": info.sha256})
         atomic_write_text(run.path / "per_class.md", table)
+        write_segment(run.path / PER_IMAGE_FILE, [Path(m).stem for _, m in val_pairs], last["per_image"],
+                      source.class_names)
         summary = session.finish(summary, result)
     report(table, ctx.is_main)
     report(f"mIoU {result['metrics']['miou']:.4f}  pixel acc {result['metrics']['pixel_acc']:.4f}  -> {out}", ctx.is_main)

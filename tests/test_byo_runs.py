@@ -53,6 +53,10 @@ def runs(files, tiny_imagefolder):
     invoke(["pretrain", "--data", tiny_imagefolder, "--init", files["tv"], "--teacher", files["timm"], *PRETRAIN_TINY,
             "--out", out["pre"]])
     invoke(["finetune-seg", "--backbone", out["pre"], "--out", out["seg_pre"], *SEG_TINY])
+    for name in ("tv", "timm"):   # top-1 of the third-party files, measured
+        out[f"cls_{name}"] = root / "runs" / f"cls-{name}"
+        invoke(["evaluate-cls", "--weights", files[name], "--data", tiny_imagefolder, "--image-size", "32",
+                "--out", out[f"cls_{name}"]])
     return out
 
 
@@ -104,10 +108,25 @@ def test_compare_rows_for_third_party_files_and_a_bot_run(files, runs):
     assert set(rows) == {"pre", "resnet18-f37072fd", "timm_resnet18d"}
     assert rows["pre"]["top1"] != "" and rows["pre"]["miou"] != ""
     assert float(rows["pre"]["miou"]) == pytest.approx(summary(runs["seg_pre"])["metrics"]["miou"] * 100)
-    assert rows["resnet18-f37072fd"]["top1"] == "" and rows["resnet18-f37072fd"]["voc07_map50"] != ""
-    assert rows["timm_resnet18d"]["top1"] == "" and float(rows["timm_resnet18d"]["miou"]) == pytest.approx(
-        summary(runs["seg_timm"])["metrics"]["miou"] * 100)
+    # `bot evaluate-cls` measured their top-1: joined to the rows by the files' sha256
+    for name, key in (("resnet18-f37072fd", "cls_tv"), ("timm_resnet18d", "cls_timm")):
+        assert float(rows[name]["top1"]) == pytest.approx(summary(runs[key])["metrics"]["top1"] * 100)
+        assert rows[name]["classify_runs"] == str(runs[key])
+    assert rows["resnet18-f37072fd"]["voc07_map50"] != ""
+    assert float(rows["timm_resnet18d"]["miou"]) == pytest.approx(summary(runs["seg_timm"])["metrics"]["miou"] * 100)
+    assert summary(runs["cls_tv"])["backbone"]["origin"] == "torchvision"
+    assert summary(runs["cls_timm"])["dataset"]["classes_matched_by"].startswith("folder order")
+    # with per-image files on both sides, the top-1 difference has an interval
+    assert rows["resnet18-f37072fd"]["top1_ci_low"] != "" and rows["timm_resnet18d"]["top1_ci_high"] != ""
+    assert rows["timm_resnet18d"]["miou_ci_low"] != ""        # from the two segmentation runs' pixel counts
     assert rows["timm_resnet18d"]["sha256"].startswith(sha256_file(files["timm"])[:12])
+
+
+def test_evaluate_cls_refuses_an_imagenet_classifier_on_other_folders(files, tiny_imagefolder, tmp_path):
+    res = CliRunner().invoke(main, ["evaluate-cls", "--weights", str(files["timm1k"]), "--data", str(tiny_imagefolder),
+                                    "--out", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "ImageNet-1k classifier (1000 classes, no names): expected ImageNet's wnid" in res.output
+    assert not (tmp_path / "c").exists()
 
 
 def test_inspect_a_finetune_run_and_a_pretrain_run(files, runs):

@@ -7,7 +7,10 @@ import json
 import os
 import sys
 
+from pathlib import Path
+
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from bot.cli import main
@@ -76,8 +79,11 @@ class FakeStages:
             return 1
         if stage == "pretrain":
             sha = hashlib.sha256(out.encode()).hexdigest()
-            top1 = 0.6 if "resnet50d" in out else 0.5
-            make_run(out, "pretrain", {"top1": top1, "top5": 0.9}, sha=sha, recipe=out.rsplit("/", 1)[1])
+            seed = int(argv[argv.index("--seed") + 1]) if "--seed" in argv else 0
+            top1 = (0.6 if "resnet50d" in out else 0.5) + 0.01 * seed
+            recipe = argv[argv.index("--recipe") + 1] if "--recipe" in argv else out.rsplit("/", 1)[1]
+            make_run(out, "pretrain", {"top1": top1, "top5": 0.9}, sha=sha, recipe=recipe)
+            (Path(out) / "config.yaml").write_text(yaml.safe_dump({"recipe": recipe, "train": {"seed": seed}}))
         else:
             backbone = self.backbones.setdefault(out, argv[argv.index("--backbone") + 1] if "--backbone" in argv else None)
             pre = json.loads(open(f"{backbone}/summary.json").read())
@@ -109,6 +115,30 @@ def test_demo_runs_skips_and_resumes(tmp_path):
     (seg / "last.ckpt").write_bytes(b"state")           # interrupted after an epoch
     run_demo(out=out, runner=fake, jobs=1)
     assert fake.calls == [["finetune-seg", "--out", str(seg), "--resume"]]
+
+
+def test_demo_seeds_run_every_row_per_seed_and_compare_groups_them(tmp_path):
+    out = tmp_path / "demo"
+    fake = FakeStages()
+    run_demo(out=out, runner=fake, jobs=1, seeds=3)
+    assert len(fake.calls) == 18 and [c[0] for c in fake.calls[:6]] == ["pretrain", "finetune-detect", "finetune-seg"] * 2
+    seed2 = [c for c in fake.calls if str(out / "pretrain" / "resnet50d" / "seed2") in c]
+    assert [c[0] for c in seed2] == ["pretrain", "finetune-detect", "finetune-seg"]   # its fine-tunes load seed 2's
+    assert seed2[0][seed2[0].index("--seed") + 1] == "2" and seed2[1][seed2[1].index("--seed") + 1] == "2"
+    assert (out / "detect" / "resnet50b-standard" / "seed1" / "summary.json").exists()
+    data = json.loads((out / "compare.json").read_text())
+    rows = {r["name"]: r for r in data["rows"]}
+    assert list(rows) == ["resnet50b-standard", "resnet50d"] and rows["resnet50d"]["seeds"] == [0, 1, 2]
+    top1 = rows["resnet50d"]["metrics"]["top1"]
+    assert (top1["n"], top1["mean"], top1["min"], top1["max"]) == (3, pytest.approx(61.0), pytest.approx(60.0),
+                                                                   pytest.approx(62.0))
+    assert rows["resnet50d"]["metrics"]["voc07_map50"]["n"] == 3
+    assert "3 seeds (0, 1, 2)" in (out / "compare.md").read_text()
+    # resumable per seed: only the missing run is redone
+    (out / "segment" / "resnet50d" / "seed1" / "summary.json").unlink()
+    fake.calls.clear()
+    run_demo(out=out, runner=fake, jobs=1, seeds=3)
+    assert [c[0] for c in fake.calls] == ["finetune-seg"]
 
 
 def test_demo_failure_names_the_run(tmp_path):
@@ -183,6 +213,14 @@ def test_demo_toy_scale_end_to_end(tmp_path, monkeypatch):
     assert row["sha256"] == pre["backbone"]["sha256"] == seg["backbone"]["sha256"] != ""
     assert row["metrics"]["miou"]["mean"] == pytest.approx(seg["metrics"]["miou"] * 100)
     assert (out / "compare.png").stat().st_size > 10_000
+    # `tensorboard --logdir OUT` finds every run's curves; the live view's lines name each run's epochs
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+    tb = EventMultiplexer().AddRunsFromDirectory(str(out))
+    tb.Reload()
+    assert sorted(tb.Runs()) == ["detect/resnet50d", "pretrain/resnet50d", "segment/resnet50d"]
+    assert all({"epoch/train_loss", "epoch/lr"} <= set(tb.Runs()[r]["scalars"]) for r in tb.Runs())
+    for stage in ("pretrain", "detect", "segment"):
+        assert f"{stage} resnet50d: epoch 1/1" in result.stderr and f"{stage} resnet50d: done in" in result.stderr
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0 and again.stderr.count("skipped") == 3
 

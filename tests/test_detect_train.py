@@ -96,6 +96,16 @@ def test_finetune_writes_a_complete_run(straight_run, backbone):
     assert [r["epoch"] for r in lines if "voc07_map50" in r] == [1, 2]
     dets = json.loads((straight_run / "detections_2007-test.json").read_text())
     assert dets and set(dets[0]) == {"image_id", "category_id", "bbox", "score"}
+    # per_image.npz: every detection with its match; the bootstrap's full-set numbers are the summary's
+    import numpy as np
+
+    from bot.compare.bootstrap import detect_stats
+    from bot.engine.per_image import read_per_image
+    per = read_per_image(straight_run / "per_image.npz")
+    assert per.task == "detect" and len(per) == 4 and len(per["det_score"]) == len(dets) == len(per["coco_order"])
+    again = detect_stats(np.ones((1, 4), np.int32), per)
+    for k in ("voc07_map50", "voc_map50", "coco_map", "coco_map50"):
+        assert again[k][0] == pytest.approx(summary["metrics"][k], abs=1e-12)
     assert all(1 <= d["category_id"] <= 10 and d["bbox"][2] > 0 for d in dets)
     # the written detections, scored again from the file, give the summary's numbers
     res = CliRunner().invoke(main, ["evaluate-detect", "--data", "voc:" + summary["dataset"]["path"], "--val-set", "2007-test",

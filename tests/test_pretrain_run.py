@@ -59,6 +59,33 @@ def test_run_directory_contract_and_timm_loading(tiny_imagefolder, tmp_path):
     feats, finfo = load_backbone(weights, features_only=True, out_indices=(2, 3, 4), output_stride=8)
     assert [f.shape[-1] for f in feats(torch.randn(1, 3, 64, 64))] == [8, 8, 8] and finfo.channels == [128, 256, 512]
     assert finfo.sha256 == summary["backbone"]["sha256"]
+    check_evaluate_cls_reproduces_the_run(out, tiny_imagefolder, tmp_path)
+
+
+def check_evaluate_cls_reproduces_the_run(out, data, tmp_path):
+    """`bot evaluate-cls` of the run dir: the run's own top-1 and, image by image, its per_image.npz."""
+    import shutil
+
+    from bot.engine.per_image import read_per_image
+
+    summary = json.loads((out / "summary.json").read_text())
+    mine = read_per_image(out / "per_image.npz")
+    assert mine.task == "classify" and len(mine) == 40 and mine.images[0] == "circle/circle_00000.png"
+    assert float((mine["top5"][:, 0] == mine["label"]).mean()) == summary["metrics"]["top1"]
+    res = CliRunner().invoke(main, ["evaluate-cls", "--weights", str(out), "--out", str(tmp_path / "cls")])
+    assert res.exit_code == 0, res.output
+    again = json.loads((tmp_path / "cls" / "summary.json").read_text())
+    assert again["task"] == "classify" and again["metrics"] == summary["metrics"]          # exactly
+    assert again["dataset"]["classes_matched_by"].startswith("names")
+    theirs = read_per_image(tmp_path / "cls" / "per_image.npz")
+    assert (theirs.images == mine.images).all() and (theirs["top5"] == mine["top5"]).all()
+    # a folder whose class names the checkpoint does not know: one line, nothing written
+    odd = tmp_path / "odd"
+    shutil.copytree(data / "val", odd / "val")
+    (odd / "val" / "circle").rename(odd / "val" / "blob")
+    res = CliRunner().invoke(main, ["evaluate-cls", "--weights", str(out), "--data", str(odd), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "class folder 'blob' is not one of the 10 classes of run" in res.output
+    assert not (tmp_path / "x" / "summary.json").exists()
 
 
 def test_resume_after_interrupt_reaches_the_same_weights(tiny_imagefolder, tmp_path, monkeypatch):

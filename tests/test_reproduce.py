@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -21,9 +22,11 @@ class FakeStages:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, argv):
+    def __call__(self, argv, log=None, threads=None):
         argv = argv[len(bot_argv()) - 3:]  # as if started as [python, -m, cli, ...]
         self.calls.append(argv[3:])
+        out = argv[argv.index("--out") + 1]
+        assert log == Path(out + ".log")  # every run's output goes to a log beside its run directory
         stage, out = argv[3], argv[argv.index("--out") + 1]
         recipe = out.rsplit("/", 1)[1]
         if stage == "pretrain":
@@ -92,6 +95,21 @@ def test_runs_compares_with_the_paper_and_skips_what_is_finished(tmp_path):
     steps = plan_reproduce(["resnet50b-standard", "resnet50d"], out, DataPaths())
     text = plan_text(steps)
     assert text.count("finished earlier") == 5 and "interrupted: resumes from last.ckpt" in text
+
+
+def test_seeds_plan_every_row_per_seed_with_one_teacher(tmp_path):
+    steps = plan_reproduce(["resnet50b-standard", "resnet50d-distill"], tmp_path, DataPaths(), seeds=2)
+    assert [s.recipe for s in steps if s.stage == "pretrain"] == [
+        "resnet152d-teacher", "resnet50b-standard", "resnet50d-distill", "resnet50b-standard", "resnet50d-distill"]
+    second = [s for s in steps if s.seed == 1]
+    assert len(second) == 6 and all(s.out.name == "seed1" and s.args[s.args.index("--seed") + 1] == "1" for s in second)
+    distill = next(s for s in second if s.stage == "pretrain" and s.recipe == "resnet50d-distill")
+    assert distill.args[distill.args.index("--teacher") + 1] == str(tmp_path / "pretrain" / "resnet152d-teacher")
+    det = next(s for s in second if s.stage == "finetune-detect" and s.recipe == "resnet50d-distill")
+    assert det.args[:2] == ["--backbone", str(tmp_path / "pretrain" / "resnet50d-distill" / "seed1")]
+    assert "--seed" not in steps[1].args and " 1  " in plan_text(steps).splitlines()[-1]
+    res = CliRunner().invoke(main, ["reproduce", "--plan-only", "--seeds", "0", "--out", str(tmp_path)])
+    assert res.exit_code == 2
 
 
 def test_cli_plan_only_and_bad_paths(tmp_path):

@@ -63,6 +63,16 @@ def test_run_dir_contract(env, finished):
     assert [r["step"] for r in records if "miou" in r] == [2, 4]
     assert (finished / "per_class.md").read_text().startswith("| id | class | IoU %")
     assert (finished / "model.safetensors").is_file() and (finished / "last.ckpt").is_file()
+    # per_image.npz: the validation masks by stem, and its counts sum to the summary's metrics
+    import numpy as np
+
+    from bot.compare.bootstrap import segment_stats
+    from bot.engine.per_image import read_per_image
+    per = read_per_image(finished / "per_image.npz")
+    assert per.task == "segment" and len(per) == 6 and per["tp"].shape == (6, 11) and per.images[0] == "ADE_val_00000001"
+    again = segment_stats(np.ones((1, 6), np.int32), per)
+    for key in ("miou", "miou_all", "pixel_acc"):
+        assert again[key][0] == pytest.approx(summary["metrics"][key], abs=1e-12)
 
 
 def test_evaluate_seg_reproduces_the_run_and_its_predictions(env, finished):
