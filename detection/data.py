@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from bot.engine.distributed import EpochSampler, seeded_sample
 from bot.engine.errors import BotError
-from bot.engine.images import check_all, read_rgb, verify
+from bot.engine.images import check_shard, read_rgb, verify
 from bot.engine.progress import report
 
 from . import transforms as T
@@ -56,10 +56,13 @@ def resolve_data(spec, train_sets, val_set, synthetic: dict | None) -> tuple[str
     return kind, Path(root), train_sets or default_train, val_set or default_val
 
 
-def load_split(kind: str, root: str | Path, split: str, classes: list[str] | None = None, images: bool = True) -> Split:
+def load_split(kind: str, root: str | Path, split: str, classes: list[str] | None = None, images: bool = True,
+               cache_dir: Path | None = None, ctx=None) -> Split:
     """One split (VOC: comma-joined year-splits), with a warning when boxes were dropped. `images=False` reads the
-    annotations only (scoring a results file needs no image)."""
-    out = load_voc(root, split, classes, images) if kind == "voc" else load_coco(root, split, images)
+    annotations only (scoring a results file needs no image). COCO: `cache_dir` (the run directory) keeps the
+    parsed index for the other ranks and a restart (data_coco.read_index)."""
+    out = (load_voc(root, split, classes, images) if kind == "voc"
+           else load_coco(root, split, images, cache_dir=cache_dir, ctx=ctx))
     if out.dropped_boxes:
         warnings.warn(f"{out.name}: dropped {out.dropped_boxes} box(es) with zero area or outside the image", stacklevel=2)
     if not out.records:
@@ -84,7 +87,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         r = self.split.records[index]
         if r.path is None:
-            raise BotError(f"{self.split.files.get(r.image_id, self.split.root)}: image {r.image_id} was not looked up")
+            raise BotError(f"{self.split.file_of(r.image_id)}: image {r.image_id} was not looked up")
         image = read_rgb(r.path)  # stored pixel grid, no EXIF rotation: the boxes were drawn on it
         if (image.width, image.height) != (r.width, r.height):
             raise BotError(f"{r.path}: image is {image.width}x{image.height} but its annotation says {r.width}x{r.height}")
@@ -134,20 +137,36 @@ class AspectBatchSampler(torch.utils.data.Sampler):
         return self.sampler.per_rank // self.batch_size - self.sampler.skip // self.batch_size
 
 
-def check_val(split: Split, train: Split | None = None, enabled: bool = True) -> None:
+def check_val(split: Split, train: Split | None = None, ctx=None, cache: Path | None = None) -> None:
     """Before the first epoch: every validation image decodes and has the size its annotation gives (labels and
-    boxes were checked when the annotations were read). BotError names the first bad file. Then the classes are
-    printed, with where they came from (the training split's, which the validation split was read with)."""
+    boxes were checked when the annotations were read). BotError names the first bad file. The ranks share the
+    files (engine.images.check_shard); with `cache` (in the run directory) a restart on unchanged files skips the
+    pass (engine/check_cache.py). Then the classes are printed, with where they came from (the training split's,
+    which the validation split was read with)."""
+    from bot.engine import check_cache
+    from bot.engine.distributed import DistContext
+
+    ctx = ctx or DistContext()
+
     def one(r):
         if r.path is None:
-            raise BotError(f"{split.files.get(r.image_id, split.root)}: no image file for {r.image_id}")
+            raise BotError(f"{split.file_of(r.image_id)}: no image file for {r.image_id}")
         width, height = verify(r.path)
         if (width, height) != (r.width, r.height):
             raise BotError(f"{r.path}: image is {width}x{height} but its annotation says {r.width}x{r.height}")
 
-    check_all(one, split.records)
-    report(classes_line(train or split), enabled)
-    report(f"checked {len(split.records)} validation images of {split.name}", enabled)
+    records = list(split.records)
+    sizes = [(str(r.image_id), r.width, r.height) for r in records]
+
+    def compute():
+        check_shard(one, records, ctx)
+        return {"images": len(records)}
+
+    _, cached = check_cache.cached_pass(cache, [r.path for r in records if r.path is not None],
+                                        {"split": split.name, "sizes": sizes}, compute, ctx)
+    report(classes_line(train or split), ctx.is_main)
+    report(f"checked {len(split.records)} validation images of {split.name}"
+           + (f" (read from {cache}: the files are unchanged)" if cached else ""), ctx.is_main)
 
 
 def classes_line(split: Split) -> str:

@@ -51,7 +51,7 @@ def coco_arrays(split: Split, n_dets: int, ev) -> dict:
     order = np.full(n_dets, -1, np.int32)
     npos = np.zeros((n, c), np.int32)
     # the positives COCOeval counts for area "all": not crowd (VOC difficult becomes crowd), area within [0, 1e10]
-    for a in (split.coco_gt or {}).get("annotations", []):
+    for a in (split.coco_ground_truth() or {}).get("annotations", []):
         if not a.get("iscrowd", 0) and not a.get("ignore", 0) and 0 <= a.get("area", 0) <= 1e10 \
                 and a["image_id"] in index and a["category_id"] in label_of:
             npos[index[a["image_id"]], label_of[a["category_id"]]] += 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -27,17 +28,30 @@ class ImageRecord:
 class Split:
     name: str                       # e.g. "voc:2007-test" or "coco:val2017"
     root: Path
-    records: list[ImageRecord]
+    records: Sequence[ImageRecord]  # a list (VOC), or views of the COCO index made on access (CocoRecords)
     classes: list[str]
     category_ids: list[int]         # label -> COCO category id
     kind: str = "voc"               # "voc" | "coco"
-    coco_gt: dict | None = None     # the COCO ground truth dict (real COCO json, or converted from VOC)
+    coco_gt: dict | None = None     # the COCO ground truth dict (converted from VOC; COCO's: see coco_ground_truth)
     dropped_boxes: int = 0          # zero-area / outside-image boxes dropped while reading
     files: dict = field(default_factory=dict)  # image_id -> annotation file (for error messages)
     classes_from: str = ""          # where the class list came from (a file, data.classes, the annotations)
+    annotation_file: Path | None = None        # the one annotation file of every image (COCO)
+    gt_builder: Callable[[], dict] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def file_of(self, image_id) -> Path:
+        """The annotation file that describes `image_id` (for error messages)."""
+        return self.files.get(image_id) or self.annotation_file or self.root
+
+    def coco_ground_truth(self) -> dict:
+        """The COCO dataset dict COCOeval scores against, built on first use where the split has a builder (COCO:
+        from its index; training never needs it)."""
+        if self.coco_gt is None and self.gt_builder is not None:
+            self.coco_gt = self.gt_builder()
+        return self.coco_gt
 
     def ground_truth(self) -> dict:
         """image_id -> dict(boxes, labels, difficult), the input of metrics_voc.evaluate_voc."""

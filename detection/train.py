@@ -120,11 +120,12 @@ def train_session(session: Session) -> dict:
     d, m, t = cfg["data"], cfg["model"], cfg["train"]
     torch.manual_seed(session.seed)
     kind, root, train_sets, val_set = resolve_data(d["spec"], d["train_sets"], d["val_set"], d["synthetic"])
-    train_split = load_split(kind, root, train_sets, d["classes"])
-    val_split = load_split(kind, root, val_set, d["classes"] or (train_split.classes if kind == "voc" else None))
+    train_split = load_split(kind, root, train_sets, d["classes"], cache_dir=run.path, ctx=ctx)
+    val_split = load_split(kind, root, val_set, d["classes"] or (train_split.classes if kind == "voc" else None),
+                           cache_dir=run.path, ctx=ctx)
     if val_split.classes != train_split.classes:
         raise BotError(f"{root}: train and val splits have different classes")
-    check_val(val_split, train_split, ctx.is_main)
+    check_val(val_split, train_split, ctx, run.path / "data_check.json")
     d["classes"] = train_split.classes  # config.yaml records the classes, also when discovered from the annotations
     # recorded resolved, so that config.yaml says what ran and a rebuild from it makes the same modules
     resolve_detector(cfg, "synthetic" if parse_spec(d["spec"])[0] == "synthetic" else kind)

@@ -72,6 +72,24 @@ def all_reduce_sum(values: list[float] | torch.Tensor, ctx: DistContext) -> torc
     return t.cpu()
 
 
+def all_reduce_int(values, ctx: DistContext) -> torch.Tensor:
+    """Sum a vector of integers (e.g. pixel counts) over all ranks, exactly, in int64 (on the CPU under gloo)."""
+    t = torch.as_tensor(values, dtype=torch.int64)
+    if ctx.distributed:
+        t = t.to(ctx.device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.cpu()
+
+
+def all_gather_object(obj, ctx: DistContext) -> list:
+    """Every rank's `obj` (picklable, small), in rank order, on every rank."""
+    if not ctx.distributed:
+        return [obj]
+    gathered = [None] * ctx.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def broadcast_object(obj, ctx: DistContext):
     if not ctx.distributed:
         return obj

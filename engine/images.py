@@ -144,12 +144,68 @@ def verify(path: str | Path, *, exif: bool = False) -> tuple[int, int]:
     return size
 
 
-def check_all(fn, items: list) -> list:
-    """`fn` over `items` on a few threads (Pillow releases the GIL while it decodes); results in order, and the
-    first error in item order is the one raised, so the message does not depend on thread timing."""
+def map_until_error(fn, items: list) -> tuple[list, tuple[int, BaseException] | None]:
+    """`fn` over `items` on a few threads (Pillow releases the GIL while it decodes). Returns (results in order up
+    to the first failure, (index, exception) of the first failure in item order or None). Items after a failure
+    are not started, so a bad file early in a long list does not cost the whole pass."""
     from concurrent.futures import ThreadPoolExecutor
 
     if len(items) < 2:
-        return [fn(x) for x in items]
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        return list(pool.map(fn, items))
+        results = []
+        for i, x in enumerate(items):
+            try:
+                results.append(fn(x))
+            except Exception as e:
+                return results, (i, e)
+        return results, None
+    workers = min(8, os.cpu_count() or 1)
+    results: list = []
+    with ThreadPoolExecutor(workers) as pool:
+        ahead = 4 * workers  # a bounded queue of started items: after a failure, at most these few still run
+        window = [pool.submit(fn, x) for x in items[:ahead]]
+        for i in range(len(items)):
+            try:
+                results.append(window[i].result())
+                window[i] = None  # let the finished future go
+            except Exception as e:
+                for f in window[i + 1:]:
+                    f.cancel()
+                return results, (i, e)
+            if i + ahead < len(items):
+                window.append(pool.submit(fn, items[i + ahead]))
+    return results, None
+
+
+def check_all(fn, items: list) -> list:
+    """`fn` over `items` on a few threads; results in order, and the first error in item order is the one raised,
+    so the message does not depend on thread timing."""
+    results, failure = map_until_error(fn, items)
+    if failure:
+        raise failure[1]
+    return results
+
+
+def check_shard(fn, items: list, ctx) -> list:
+    """`fn` over this rank's share of `items` (every world_size-th, from its rank) on threads, the ranks together
+    covering each item once: the results of this rank's items, in order (the caller reduces them over ranks).
+
+    The first failure in item order over all ranks is raised on every rank, so a bad file gives every rank the
+    same one-line BotError (and no rank is left waiting in a collective for one that died). Without a process
+    group this is `check_all`."""
+    from bot.engine.distributed import all_gather_object
+
+    if not ctx.distributed:
+        return check_all(fn, items)
+    rank, world = ctx.rank, ctx.world_size
+    results, failure = map_until_error(fn, items[rank::world])
+    mine = None if failure is None else (rank + world * failure[0], isinstance(failure[1], BotError),
+                                         str(failure[1]) or type(failure[1]).__name__)
+    failures = [f for f in all_gather_object(mine, ctx) if f is not None]
+    if failures:
+        index, is_bot, message = min(failures)
+        if index % world == rank and failure is not None:
+            raise failure[1]
+        if is_bot:
+            raise BotError(message)
+        raise RuntimeError(f"rank {index % world} failed on item {index}: {message}")
+    return results

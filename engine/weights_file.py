@@ -5,6 +5,12 @@ quotes), so numbers, lists and nested objects come back as they went in. Files w
 still read: bot-backbone-1 stored plain strings (mean/std as JSON), bot-detector-1 JSON values beside a plain
 `format`, bot-segmenter-1 plain strings. Metadata of foreign files (timm's `{"format": "pt"}`) is returned as
 the strings it holds. This module knows no stage: the stages name their own `kind`.
+
+Bytes: identical tensors and metadata give an identical file. safetensors lays out the tensors deterministically
+(by dtype, then name) but writes `__metadata__` in its hash map's order, which changes from process to process;
+`write_weights` therefore re-serialises the header with the metadata keys sorted (the safetensors format: 8-byte
+little-endian header length, the JSON header padded with spaces to a multiple of 8, the raw tensor bytes, whose
+offsets are relative to the end of the header and so do not move). Files written before are read as they are.
 """
 from __future__ import annotations
 
@@ -42,10 +48,23 @@ def encode_metadata(kind: str, meta: dict) -> dict[str, str]:
     return {"format": json.dumps(format_name(kind)), **{k: json.dumps(v) for k, v in meta.items()}}
 
 
+def canonical_bytes(data: bytes) -> bytes:
+    """safetensors bytes with the header's `__metadata__` keys sorted and the JSON written compactly: the same
+    tensors and metadata give the same bytes in every process (see the module docstring)."""
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta else {}) | header
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # the data section starts 8-byte aligned, as safetensors writes it
+    return struct.pack("<Q", len(text)) + text + memoryview(data)[8 + n:]
+
+
 def write_weights(path: Path, state: dict[str, torch.Tensor], kind: str, meta: dict) -> str:
-    """Write `state` with `meta` (any JSON-able values) atomically; return the file's sha256."""
+    """Write `state` with `meta` (any JSON-able values) atomically, byte for byte the same for the same tensors
+    and metadata; return the file's sha256."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    atomic_write_bytes(Path(path), save(tensors, metadata=encode_metadata(kind, meta)))
+    atomic_write_bytes(Path(path), canonical_bytes(save(tensors, metadata=encode_metadata(kind, meta))))
     return sha256_file(path)
 
 

@@ -22,7 +22,7 @@ from torchvision.transforms import v2
 from bot.engine.device_pipeline import PCA_EIGVAL, PCA_EIGVEC, DevicePipeline, lighting_alphas
 from bot.engine.distributed import DistContext, EpochSampler, ShardSampler, seeded_sample
 from bot.engine.errors import BotError, first_line
-from bot.engine.images import IMAGE_EXTENSIONS, check_all, is_image_file, read_rgb, verify
+from bot.engine.images import IMAGE_EXTENSIONS, check_shard, is_image_file, read_rgb, verify
 from bot.engine.progress import report
 
 from .weights import PAPER_MEAN, PAPER_STD
@@ -174,9 +174,20 @@ def note_skipped_files(split_dir: Path) -> None:
                f"(read: {' '.join(IMAGE_EXTENSIONS)})")
 
 
-def check_val(data: ClassificationData, enabled: bool = True) -> None:
+def check_val(data: ClassificationData, ctx=None, cache: Path | None = None) -> None:
     """Decode every validation image before the first epoch, so a bad file stops the run before training (not
-    after a lost epoch); BotError names the first bad file."""
+    after a lost epoch); BotError names the first bad file. The ranks share the files (engine.images.check_shard);
+    with `cache` (in the run directory) a restart on unchanged files skips the pass (engine/check_cache.py)."""
+    from bot.engine import check_cache
+    from bot.engine.distributed import DistContext
+
+    ctx = ctx or DistContext()
     paths = [p for p, _ in data.val.samples]
-    check_all(lambda p: verify(p, exif=True), paths)
-    report(f"checked {len(paths)} validation images in {data.root / 'val'}", enabled)
+
+    def compute():
+        check_shard(lambda p: verify(p, exif=True), paths, ctx)
+        return {"images": len(paths)}
+
+    _, cached = check_cache.cached_pass(cache, paths, {"split": "val"}, compute, ctx)
+    report(f"checked {len(paths)} validation images in {data.root / 'val'}"
+           + (f" (read from {cache}: the files are unchanged)" if cached else ""), ctx.is_main)

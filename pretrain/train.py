@@ -119,7 +119,7 @@ def train_session(session: Session) -> dict:
     else:
         root = Path(d["path"])
     data = build_datasets(root, d, seed)
-    check_val(data, ctx.is_main)
+    check_val(data, ctx, session.run.path / "data_check.json")
     num_classes = len(data.classes)
     per_rank = session.per_rank(t["batch_size"])
     train_loader, sampler, val_loader = build_loaders(data, ctx, per_rank, d["workers"], seed)

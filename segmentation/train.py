@@ -124,8 +124,10 @@ def train_session(session: Session) -> dict:
     torch.manual_seed(t["seed"])
 
     source = source_from_config(cfg)
-    train_pairs, val_pairs = list_pairs(source, source.splits[0]), list_pairs(source, source.splits[1])
-    check_splits(source, train_pairs, val_pairs, ctx.is_main)
+    # headers are checked by check_splits, which opens every file anyway (shared by the ranks, cached in the run)
+    train_pairs = list_pairs(source, source.splits[0], headers=False)
+    val_pairs = list_pairs(source, source.splits[1], headers=False)
+    check_splits(source, train_pairs, val_pairs, ctx, run.path / "data_check.json")
     d["num_classes"], d["ignore_index"] = source.num_classes, source.ignore_index
 
     model, info = build_model(m["backbone"], m["head"], source.num_classes, aux=m["aux"], output_stride=m["output_stride"],

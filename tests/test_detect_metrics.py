@@ -117,3 +117,100 @@ def test_batch_detections_scale_each_image_back_to_its_original_size():
     assert [d["score"] for d in got] == pytest.approx([0.9, 0.25, 0.5])
     assert [d["box"] for d in got] == [[15., 40., 45., 80.], [0., 0., 300., 200.], [4., 10., 6., 14.]]
     assert batch_detections(images[2:], targets[2:], preds[2:]) == []
+
+
+def loop_reference(detections, ground_truth, classes, iou_thresh=0.5):
+    """The devkit's loop (VOCevaldet.m) detection by detection, as bot computed it before `match`: (rec, prec) per class."""
+    out = []
+    for c in range(len(classes)):
+        dets = [d for d in detections if d["label"] == c]
+        gts = {}
+        for image_id, g in ground_truth.items():
+            sel = np.asarray(g["labels"]) == c
+            if sel.any():
+                b = np.asarray(g["boxes"], float)[sel]
+                gts[image_id] = (np.concatenate([b[:, :2] + 1, b[:, 2:]], 1), np.asarray(g["difficult"], bool)[sel])
+        npos = sum(int((~d).sum()) for _, d in gts.values())
+        order = np.argsort(-np.array([d["score"] for d in dets], float), kind="stable")
+        matched = {k: np.zeros(len(b), bool) for k, (b, _) in gts.items()}
+        tp, fp = np.zeros(len(dets)), np.zeros(len(dets))
+        for rank, j in enumerate(order):
+            d = dets[j]
+            if d["image_id"] not in gts:
+                fp[rank] = 1
+                continue
+            boxes, difficult = gts[d["image_id"]]
+            x0, y0, x1, y1 = d["box"]
+            ov = devkit_iou(np.array([x0 + 1, y0 + 1, x1, y1]), boxes)
+            k = int(np.argmax(ov))
+            if ov[k] >= iou_thresh:
+                if difficult[k]:
+                    continue
+                if not matched[d["image_id"]][k]:
+                    tp[rank], matched[d["image_id"]][k] = 1, True
+                else:
+                    fp[rank] = 1
+            else:
+                fp[rank] = 1
+        tp, fp = np.cumsum(tp), np.cumsum(fp)
+        out.append((tp / npos if npos else np.zeros_like(tp), tp / np.maximum(tp + fp, np.finfo(float).eps), npos))
+    return out
+
+
+def test_matching_all_detections_at_once_equals_the_devkit_loop():
+    """Random scenes with duplicates, tied scores, difficult boxes, images without ground truth, equal overlaps."""
+    rng = np.random.default_rng(0)
+    classes = ["a", "b", "c"]
+    gts = {}
+    for i in range(30):
+        n = int(rng.integers(0, 6))
+        xy = rng.integers(0, 40, (n, 2)).astype(float)
+        boxes = np.concatenate([xy, xy + rng.integers(1, 25, (n, 2))], 1)
+        if n >= 2:
+            boxes[1] = boxes[0]          # two identical ground truths: the first is the candidate
+        gts[f"im{i}"] = gt(boxes.tolist(), rng.integers(0, 3, n).tolist(), (rng.random(n) < 0.2).tolist())
+    dets = []
+    for _ in range(600):
+        image_id = f"im{int(rng.integers(0, 33))}"          # im30..im32 have no ground truth at all
+        g = gts.get(image_id)
+        if g is not None and len(g["boxes"]) and rng.random() < 0.7:
+            j = int(rng.integers(0, len(g["boxes"])))
+            box, label = g["boxes"][j] + rng.integers(-3, 4, 4), int(g["labels"][j])
+        else:
+            xy = rng.integers(0, 40, 2)
+            box, label = np.concatenate([xy, xy + rng.integers(1, 25, 2)]), int(rng.integers(0, 3))
+        dets.append(det(image_id, float(rng.integers(0, 20)) / 20, box.astype(float).tolist(), label))  # many ties
+    result = evaluate_voc(dets, gts, classes)
+    for c, (rec, prec, npos) in enumerate(loop_reference(dets, gts, classes)):
+        assert result.npos[c] == npos and npos > 0
+        assert result.ap07[c] == ap_voc07(rec, prec) and result.ap_area[c] == ap_area(rec, prec)
+    assert 0.1 < result.map07 < 0.9
+
+
+def test_results_without_load_res_score_as_load_res_does():
+    """evaluate_coco builds the results object itself (no per-result polygon): COCOeval's stats equal loadRes's."""
+    import contextlib
+    import io
+
+    from pycocotools.cocoeval import COCOeval
+
+    from bot.detection.metrics_coco import STAT_NAMES, coco_from_dict
+
+    rng = np.random.default_rng(2)
+    images = [{"id": i, "width": 100, "height": 80} for i in range(8)]
+    anns = [{"id": k + 1, "image_id": int(rng.integers(0, 8)), "category_id": int(rng.choice([3, 9])),
+             "bbox": rng.uniform(0, 40, 4).round(1).tolist(), "area": float(rng.uniform(10, 3000)),
+             "iscrowd": int(k % 7 == 0)} for k in range(40)]
+    gt = {"images": images, "annotations": anns, "categories": [{"id": 3, "name": "a"}, {"id": 9, "name": "b"}]}
+    results = [{"image_id": a["image_id"], "category_id": a["category_id"], "score": float(rng.random()),
+                "bbox": (np.asarray(a["bbox"]) + rng.normal(0, 2, 4)).clip(0).round(2).tolist()} for a in anns * 3]
+    ours, _ = evaluate_coco(gt, results)
+    assert "area" not in results[0]                      # the caller's dicts are left as they were
+    with contextlib.redirect_stdout(io.StringIO()):
+        g = coco_from_dict(gt)
+        ev = COCOeval(g, g.loadRes([dict(r) for r in results]), iouType="bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert ours == {k: float(v) if v >= 0 else None for k, v in zip(STAT_NAMES, ev.stats[:6])}
+    assert 0 < ours["coco_map"] < 1

@@ -119,3 +119,49 @@ def test_malformed_new_encoding_is_one_line(tmp_path):
     save_file(state, str(path), metadata=dict(raw, mean=json.dumps({"r": 1})))
     with pytest.raises(BotError, match=r"metadata 'mean' is \{'r': 1\}, not three numbers"):
         read_checkpoint(path)
+
+
+WRITE_IN_A_PROCESS = """
+import sys, torch
+from bot.engine.weights_file import write_weights
+from bot.pretrain.backbones import create_backbone
+torch.manual_seed(0)
+state = create_backbone("resnet10d", num_classes=3).state_dict()
+meta = {k: i for i, k in enumerate(("zeta", "alpha", "mid", "beta", "omega", "kappa", "delta", "gamma"))}
+print(write_weights(sys.argv[1], state, "backbone", dict(meta, arch="resnet10d", num_classes=3, mean=[0.5] * 3)))
+"""
+
+
+def test_identical_tensors_and_metadata_give_identical_files(tmp_path):
+    """safetensors writes __metadata__ in a per-process hash order; ours sorts it: the same bytes in every process
+    (string hashing seeded differently too), and the file still reads with safetensors and timm."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    import timm
+
+    shas = []
+    for seed in ("1", "2", "3"):
+        path = tmp_path / f"w{seed}.safetensors"
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        out = subprocess.run([sys.executable, "-c", WRITE_IN_A_PROCESS, str(path)], env=env, check=True,
+                             capture_output=True, text=True).stdout.split()[-1]
+        assert out == hashlib.sha256(path.read_bytes()).hexdigest()
+        shas.append(out)
+    assert len(set(shas)) == 1, shas
+    path = tmp_path / "w1.safetensors"
+    header = path.read_bytes()[8:8 + int.from_bytes(path.read_bytes()[:8], "little")]
+    meta_keys = list(json.loads(header)["__metadata__"])
+    assert meta_keys == sorted(meta_keys) and len(header) % 8 == 0
+    with safe_open(str(path), "pt") as f:
+        assert json.loads(f.metadata()["zeta"]) == 0 and "conv1.0.weight" in f.keys()
+        stem = f.get_tensor("conv1.0.weight")
+    torch.manual_seed(0)
+    reference = create_backbone("resnet10d", num_classes=3).state_dict()
+    assert torch.equal(stem, reference["conv1.0.weight"])
+    from bot.pretrain.backbones import parse_arch
+    model = timm.create_model(parse_arch("resnet10d")[0], pretrained=True, num_classes=3,
+                              pretrained_cfg_overlay={"file": str(path), "num_classes": 3})  # timm's own loader, from the local file
+    assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())
