@@ -2,7 +2,8 @@
 interleaved rounds): Faster R-CNN training images/s of bot's loop (engine.loop.fit) against a bare
 forward/backward/step loop, inference images/s of bot's prediction (forward + post-processing into detections in
 original-image pixels) against a bare forward, for resnet18d and resnet50d backbones; and our VOC metric code on N
-synthetic detections against pycocotools' COCOeval on the same detections.
+synthetic detections against pycocotools' COCOeval on the same detections; with --layouts, the detector in
+channels_last against NCHW (finetune-detect's default).
 
     python benchmarks/detect_throughput.py --json runs/bench/detect.json
 """
@@ -80,6 +81,58 @@ def throughput(arch: str, size: int, batch: int, steps: int, profile: str, round
             entry(*evaluate, "img/s", "bare forward (no read-back)", rounds, **what)}
 
 
+def layout_rates(arch: str, size: int, batch: int, steps: int, profile: str, rounds: int, detector: str = "fpn",
+                 device: str = "cpu") -> dict:
+    """Faster R-CNN training and inference images/s with the model in channels_last (what `--set
+    train.channels_last=true` gives through Session.place) against NCHW (finetune-detect's default), the same
+    weights and images. torchvision batches the images NCHW and RoIAlign copies each level, so NHWC may not pay."""
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, size, round(size * 4 / 3), generator=g).to(device) for _ in range(batch)]
+    targets = [{"boxes": torch.tensor([[10., 10., size / 2, size / 2], [size / 3, size / 4, size - 5, size - 5]], device=device),
+                "labels": torch.tensor([1, 7], device=device)} for _ in range(batch)]
+    nets = {}
+    for layout in ("nchw", "channels_last"):
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, _ = build_detector(arch, 20, model_config(profile, detector), size, round(size * 5 / 3))
+        model.to(device)
+        if layout == "channels_last":
+            model.to(memory_format=torch.channels_last)
+        nets[layout] = (model, torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9))
+
+    def train_rate(layout):
+        model, opt = nets[layout]
+        model.train()
+
+        def step():
+            sum(model(images, targets).values()).backward()
+            opt.step()
+            opt.zero_grad()
+        return bare_rate(step, steps, batch, device)
+
+    @torch.no_grad()
+    def eval_rate(layout):
+        model = nets[layout][0].eval()
+        tic = time.perf_counter()
+        for _ in range(steps):
+            preds = model(images)
+        float(preds[0]["scores"].sum())  # waits for the device
+        return steps * batch / (time.perf_counter() - tic)
+
+    for layout in nets:
+        train_rate(layout), eval_rate(layout)  # warm-up (cuDNN, allocator)
+    train = interleaved(lambda: train_rate("nchw"), lambda: train_rate("channels_last"), rounds)
+    evaluate = interleaved(lambda: eval_rate("nchw"), lambda: eval_rate("channels_last"), rounds)
+    what = dict(arch=arch, image=f"{size}x{round(size * 4 / 3)}", batch=batch, head=profile, detector=detector,
+                device=str(device))
+    return {f"detect train {detector} {arch} {size}px batch {batch}: channels_last / NCHW":
+            entry(*train, "img/s", "the same step with the model in NCHW (the default)", rounds, **what),
+            f"detect inference {detector} {arch} {size}px batch {batch}: channels_last / NCHW":
+            entry(*evaluate, "img/s", "the same forward with the model in NCHW (the default)", rounds, **what)}
+
+
 def metric_timing(n_dets: int, n_images: int, n_classes: int = 20, seed: int = 0) -> tuple[float, float, dict, dict]:
     rng = np.random.default_rng(seed)
     gt, coco = {}, {"images": [], "annotations": [], "categories": [{"id": c + 1, "name": str(c)} for c in range(n_classes)]}
@@ -126,6 +179,8 @@ def main():
     ap.add_argument("--detector", choices=["fpn", "c4"], default="fpn", help="FPN or GluonCV's C4 Faster R-CNN")
     ap.add_argument("--detections", type=int, default=10_000)
     ap.add_argument("--skip-models", action="store_true")
+    ap.add_argument("--layouts", action="store_true", help="also channels_last against NCHW (train.channels_last)")
+    ap.add_argument("--device", default="cpu", help="for --layouts")
     add_json_option(ap)
     a = ap.parse_args()
     print(f"torch threads {torch.get_num_threads()}, device cpu, image {a.image_size}x{round(a.image_size * 4 / 3)}, "
@@ -134,6 +189,9 @@ def main():
     if not a.skip_models:
         for arch in a.archs.split(","):
             results.update(throughput(arch, a.image_size, a.batch_size, a.steps, a.profile, a.rounds, a.detector))
+            if a.layouts:
+                results.update(layout_rates(arch, a.image_size, a.batch_size, a.steps, a.profile, a.rounds,
+                                            a.detector, a.device))
     runs = [metric_timing(a.detections, n_images=a.detections // 5) for _ in range(a.rounds)]
     voc_s, coco_s = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
     _, _, voc, coco = runs[0]

@@ -5,7 +5,9 @@ interleaved rounds):
    forward/backward/step loop with the same loss in plain torch (cross-entropy, + 0.5 x the auxiliary head's), for
    fcn and an smp head on each backbone;
 2. evaluation images/s of bot's scoring (argmax + the confusion matrix) against a bare forward + argmax;
-3. the confusion matrix (segmentation.metrics) on N full-size masks against a plain numpy bincount reference.
+3. the confusion matrix (segmentation.metrics) on N full-size masks against a plain numpy bincount reference;
+4. with --ms-flip: ms-flip images/s with the windows batched against one network input per forward pass (the same
+   scores, checked).
 
     python benchmarks/segment_throughput.py --size 128 --batch 8 --steps 3 --json runs/bench/segment.json
 Random weights: speed does not depend on them.
@@ -88,6 +90,53 @@ def bench_model(arch: str, head: str, args, device: torch.device) -> dict:
             entry(*evaluate, "img/s", "bare forward + argmax", args.rounds, **what)}
 
 
+class OneAtATime(torch.nn.Module):
+    """The network fed one input per forward pass, as ms-flip ran before its windows were batched."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.calls = model, 0
+
+    def forward(self, x):
+        self.calls += x.shape[0]
+        return {"out": torch.cat([self.model(x[i:i + 1])["out"] for i in range(x.shape[0])])}
+
+
+def bench_ms_flip(arch: str, args, device: torch.device) -> dict:
+    """ms-flip images/s (GluonCV's rule, segmentation/multiscale.py) with every window of a batch's scales and images
+    batched, `--ms-batch` inputs per pass, against the same scores with one input per forward pass."""
+    from bot.segmentation.multiscale import iter_ms_flip_scores
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, _ = build_model(arch, "fcn", args.classes, quiet_random=True)
+    model.to(device).eval()
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randn(3, args.ms_size, args.ms_size, generator=g).to(device) for _ in range(args.ms_images)]
+    options = dict(scales=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75], flip=True, base_size=args.ms_size, window=args.ms_crop)
+    single = OneAtATime(model)
+
+    def rate(net, batch, keep=None):
+        tic = time.perf_counter()
+        scores = [s for _, s in iter_ms_flip_scores(net, images, batch=batch, **options)]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if keep is not None:
+            keep.append(scores)
+        return len(images) / (time.perf_counter() - tic)
+
+    kept = []
+    rate(model, args.ms_batch, kept), rate(single, 2, kept)  # warm-up, and the two must agree
+    for a, b in zip(*kept):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=0)
+    single.calls = 0
+    baseline, ours = interleaved(lambda: rate(single, 2), lambda: rate(model, args.ms_batch), args.rounds)
+    what = dict(arch=arch, image=args.ms_size, crop=args.ms_crop, images=args.ms_images, device=str(device),
+                inputs_per_image=single.calls // (args.rounds * args.ms_images), ms_batch=args.ms_batch)
+    return {f"segment ms-flip {arch} fcn {args.ms_size}px crop {args.ms_crop}, {args.ms_batch} inputs per pass":
+            entry(baseline, ours, "img/s", "the same scores, one network input per forward pass", args.rounds, **what)}
+
+
 def numpy_confusion(pred: np.ndarray, target: np.ndarray, k: int, ignore: int) -> np.ndarray:
     keep = target != ignore
     return np.bincount(target[keep].astype(np.int64) * k + pred[keep], minlength=k * k).reshape(k, k)
@@ -135,6 +184,11 @@ def main() -> None:
     ap.add_argument("--masks", type=int, default=100)
     ap.add_argument("--mask-size", type=int, default=512)
     ap.add_argument("--skip-models", action="store_true", help="only the confusion-matrix timing")
+    ap.add_argument("--ms-flip", action="store_true", help="also ms-flip: batched windows vs one per forward pass")
+    ap.add_argument("--ms-size", type=int, default=64, help="ms-flip image (and base) size: the synthetic default's")
+    ap.add_argument("--ms-crop", type=int, default=48)
+    ap.add_argument("--ms-images", type=int, default=4)
+    ap.add_argument("--ms-batch", type=int, default=256)
     add_json_option(ap)
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -143,6 +197,8 @@ def main() -> None:
         for arch in args.archs.split(","):
             for head in args.heads.split(","):
                 results.update(bench_model(arch, head, args, device))
+            if args.ms_flip:
+                results.update(bench_ms_flip(arch, args, device))
     results.update(bench_metric(args.masks, args.mask_size, args.classes, args.rounds))
     print_table(results)
     write_json(args.json, results)

@@ -24,9 +24,13 @@ RESULT_KEYS = ("image_id", "category_id", "bbox", "score")
 
 
 @torch.no_grad()
-def predict(model, dataset, ctx, batch_size: int = 4, workers: int = 0) -> tuple[list[dict], float]:
+def predict(model, dataset, ctx, batch_size: int = 4, workers: int = 0, precision: str = "fp32") -> tuple[list[dict], float]:
     """Detections (image_id, label, score, box in original-image pixels) for every image of `dataset`, from all
-    ranks; and this rank's images per second."""
+    ranks; and this rank's images per second. The network runs under the run's `precision` as
+    engine.precision.eval_autocast says; its heads' outputs are fp32 (detection/model.py `fp32_head_outputs`), so
+    boxes are decoded and scored in fp32."""
+    from bot.engine.precision import eval_autocast
+
     from torch.utils.data import DataLoader
 
     from bot.engine.distributed import ShardSampler
@@ -34,12 +38,13 @@ def predict(model, dataset, ctx, batch_size: int = 4, workers: int = 0) -> tuple
     from .data import collate
 
     loader = DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), ctx),
-                        num_workers=workers, collate_fn=collate)
+                        num_workers=workers, collate_fn=collate, pin_memory=ctx.device.type == "cuda")
     was_training = model.training
     model.eval()
     out, n, tic = [], 0, time.perf_counter()
     for images, targets in loader:
-        preds = model([im.to(ctx.device, non_blocking=True) for im in images])
+        with eval_autocast(precision, ctx.device):
+            preds = model([im.to(ctx.device, non_blocking=True) for im in images])
         out += batch_detections(images, targets, preds)
         n += len(images)
     seconds = time.perf_counter() - tic
@@ -237,7 +242,7 @@ def run_evaluate_cli(data=None, val_set=None, detections=None, weights=None, dev
         ctx = setup(device)
         model.to(ctx.device)
         ds = DetectionDataset(split, False, meta["min_size"], meta["max_size"])
-        dets, _ = predict(model, ds, ctx, batch_size, workers)
+        dets, _ = predict(model, ds, ctx, batch_size, workers, meta.get("precision", "fp32"))
     else:
         dets = read_coco_results(detections, split)
     metrics, per_class, table = score(split, dets)

@@ -106,9 +106,26 @@ def build_detector(backbone: str | Path, num_classes: int, cfg: dict, min_size: 
         raise BotError(f"model.norm {norm!r}: use one of {', '.join(NORMS)}")
     if detector == "c4":
         from .c4 import build_c4
-        return build_c4(backbone, num_classes, c4_config(cfg), min_size, max_size, norm, int(cfg["trainable_stages"]),
-                        info_override, arch=cfg.get("arch"))
-    return build_fpn(backbone, num_classes, cfg, min_size, max_size, info_override)
+        model, info = build_c4(backbone, num_classes, c4_config(cfg), min_size, max_size, norm,
+                               int(cfg["trainable_stages"]), info_override, arch=cfg.get("arch"))
+    else:
+        model, info = build_fpn(backbone, num_classes, cfg, min_size, max_size, info_override)
+    return fp32_head_outputs(model), info
+
+
+def _to_fp32(module, inputs, output):
+    if isinstance(output, torch.Tensor):
+        return output.float()
+    return type(output)(_to_fp32(module, inputs, o) for o in output)
+
+
+def fp32_head_outputs(model: FasterRCNN) -> FasterRCNN:
+    """The RPN head's and the box predictor's outputs in fp32, also under fp16/bf16 autocast: torchvision's BoxCoder
+    casts the anchors / proposals to the dtype of the regression output, so in bf16 (8-bit mantissa) proposals and
+    final boxes near 500 px would be quantised to 2-4 px. The convolutions and FC layers still run under autocast."""
+    model.rpn.head.register_forward_hook(_to_fp32)
+    model.roi_heads.box_predictor.register_forward_hook(_to_fp32)
+    return model
 
 
 def c4_config(cfg: dict) -> dict:

@@ -96,6 +96,25 @@ def run_finetune(cfg: dict, out: str | Path, resume: bool = False, on_step=None)
     return run_config(STAGE, train_session, cfg, Path(out), resume, on_step)
 
 
+def compile_trunk(model, backend) -> None:
+    """`--compile` for a detector: the backbone (with the FPN) and the box head compiled in place with dynamic
+    shapes; the RPN, the RoI sampling, RoIAlign and NMS stay eager. Compiling the whole detector (what the other
+    stages do) traced 51 graphs with 35 graph breaks over 8 variable-size batches of the synthetic FPN detector
+    (data-dependent proposal counts), its steps several times slower than eager even with the no-op `eager`
+    backend; the trunk alone is one graph for every image size (docs/design.md section 7). In place
+    (Module.compile): the state dict keeps its keys."""
+    backend = "inductor" if backend is True else backend
+    model.backbone.compile(backend=backend, dynamic=True)
+    model.roi_heads.box_head.compile(backend=backend, dynamic=True)
+
+
+def targets_to(targets: list[dict], device: torch.device) -> list[dict]:
+    """The boxes and labels the detector trains on, copied to `device` without blocking: from the loader's pinned
+    memory on CUDA these copies queue behind the step instead of syncing twice per image."""
+    return [{"boxes": t["boxes"].to(device, non_blocking=True), "labels": t["labels"].to(device, non_blocking=True)}
+            for t in targets]
+
+
 def train_session(session: Session) -> dict:
     cfg, ctx, run = session.cfg, session.ctx, session.run
     d, m, t = cfg["data"], cfg["model"], cfg["train"]
@@ -113,7 +132,9 @@ def train_session(session: Session) -> dict:
     cfg["model"] = m = resolve_auto(m, is_arch_name(str(m["backbone"])))
     model, info = build_detector(m["backbone"], len(train_split.classes), m, d["min_size"], d["max_size"])
     session.place(model)
-    net = session.ddp(model)
+    if t["compile"]:
+        compile_trunk(model, t["compile"])
+    net = session.ddp(model, compile=False)
 
     batch = session.per_rank(t["batch_size"])
     train_ds = DetectionDataset(train_split, True, d["min_size"], d["max_size"], d["flip_p"], session.seed,
@@ -142,12 +163,12 @@ def train_session(session: Session) -> dict:
     def train_step(batch_data):
         images, targets = batch_data
         images = [im.to(ctx.device, non_blocking=True) for im in images]
-        targets = [{"boxes": tg["boxes"].to(ctx.device), "labels": tg["labels"].to(ctx.device)} for tg in targets]
+        targets = targets_to(targets, ctx.device)
         losses = net(images, targets)
         return sum(losses.values()), len(images), {k: v.detach() for k, v in losses.items()}
 
     def evaluate() -> dict:
-        dets, speed = predict(model, val_ds, ctx, batch, d["workers"])
+        dets, speed = predict(model, val_ds, ctx, batch, d["workers"], t["precision"])
         last["eval_images_per_second"] = speed * ctx.world_size
         result = None
         if ctx.is_main:
@@ -166,6 +187,7 @@ def train_session(session: Session) -> dict:
         save_detector(model, run.weights_file, {
             "classes": train_split.classes, "category_ids": train_split.category_ids, "model": m,
             "min_size": d["min_size"], "max_size": d["max_size"], "mean": list(info.mean), "std": list(info.std),
+            "precision": t["precision"],  # evaluate-detect --weights evaluates under it (on CUDA)
             "backbone": info.summary() | {"variant": info.variant}, "synthetic": d["synthetic"]})
         write_detect(run.path / PER_IMAGE_FILE, val_split, last["per_image"])
         summary = session.finish({

@@ -37,3 +37,15 @@ class Precision:
         self.scaler.step(optimizer)
         self.scaler.update()
         optimizer.zero_grad(set_to_none=True)
+
+
+def eval_autocast(mode: str, device: torch.device):
+    """The autocast evaluation runs under, for a run trained in `mode`: its fp16 / bf16 on CUDA (the tensor-core
+    speed training had); on a CPU bf16 only when the run trained in bf16 (it asked for it), otherwise fp32 (fp16 on
+    a CPU is emulated, slower than fp32). Only the network runs under it: scores, boxes and counts are taken in fp32
+    or float64 after it, by each stage's evaluation."""
+    if mode not in MODES:
+        raise BotError(f"--precision {mode!r}: choose one of {', '.join(MODES)}")
+    if mode == "fp32" or (device.type != "cuda" and mode != "bf16"):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.float16 if mode == "fp16" else torch.bfloat16)

@@ -207,16 +207,17 @@ class Session:
         images = images.to(self.ctx.device, non_blocking=True)
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last and images.ndim == 4 else images
 
-    def ddp(self, model: torch.nn.Module) -> torch.nn.Module:
+    def ddp(self, model: torch.nn.Module, compile: bool = True) -> torch.nn.Module:
         """The network a step runs: DDP-wrapped under torchrun (gradients as bucket views: no copy), compiled when
-        train.compile is on. Weights are saved from the unwrapped `model`, whose parameters these share."""
+        train.compile is on (`compile=False`: the stage compiled its own parts, as finetune-detect does). Weights are
+        saved from the unwrapped `model`, whose parameters these share."""
         net = model
         if self.ctx.distributed:
             net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.ctx.device.index] if self.ctx.device.type == "cuda" else None,
                 gradient_as_bucket_view=True)
         backend = self.cfg["train"].get("compile")
-        if backend:
+        if backend and compile:
             net = torch.compile(net, backend="inductor" if backend is True else backend)
         return net
 

@@ -17,7 +17,7 @@ from bot.engine.config import given
 from bot.engine.errors import BotError
 from bot.engine.loop import unwrap
 from bot.engine.per_image import FILE_NAME as PER_IMAGE_FILE
-from bot.engine.precision import Precision
+from bot.engine.precision import Precision, eval_autocast
 from bot.engine.progress import report
 from bot.engine.schedules import Schedule, scaled_lr
 from bot.engine.stage import Session, StageDef, launch, run_config
@@ -101,6 +101,13 @@ def train(cfg: dict, out: str | Path, resume: bool = False, on_step=None) -> dic
     return run_config(STAGE, train_session, cfg, Path(out), resume, on_step)
 
 
+def topk_hits(top: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(top-1 hits, top-k hits) of a batch's top-k class indices (B, k) as an int64 tensor on its device: nothing
+    read back, no tensor made from host values (on CUDA each would be a sync per validation batch)."""
+    hit = top == labels[:, None]
+    return torch.stack([hit[:, 0].sum(), hit.any(1).sum()])
+
+
 def train_session(session: Session) -> dict:
     cfg, ctx, out = session.cfg, session.ctx, session.out
     t, o, s, d = cfg["train"], cfg["optim"], cfg["schedule"], cfg["data"]
@@ -167,18 +174,18 @@ def train_session(session: Session) -> dict:
     @torch.no_grad()
     def evaluate() -> dict:
         model.eval()
-        counts = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # summed on the device, read once
+        hits, images_seen = torch.zeros(2, dtype=torch.int64, device=ctx.device), 0
         tops, labs = [], []  # per image, kept on the device: per_image.npz of the final evaluation
         for images, labels in val_loader:
             images, labels = session.inputs(images), labels.to(ctx.device, non_blocking=True)
-            with precision.autocast():
+            with eval_autocast(t["precision"], ctx.device):
                 logits = model(images)
             top5 = logits.float().topk(min(5, num_classes), dim=1).indices
             tops.append(top5)
             labs.append(labels)
-            hit = top5 == labels[:, None]
-            counts += torch.stack([hit[:, 0].sum(), hit.any(1).sum(), torch.tensor(labels.numel(), device=ctx.device)]).double()
-        counts = dist.all_reduce_sum(counts.cpu(), ctx)
+            hits += topk_hits(top5, labels)  # summed on the device
+            images_seen += labels.shape[0]  # known on the host
+        counts = dist.all_reduce_sum(torch.cat([hits.cpu().double(), torch.tensor([float(images_seen)])]), ctx)
         last_eval["per_image"] = gather_top5(tops, labs, len(data.val), ctx)
         model.train()
         return {"top1": float(counts[0] / counts[2]), "top5": float(counts[1] / counts[2])}

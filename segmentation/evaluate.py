@@ -13,6 +13,7 @@ from PIL import Image
 from bot.engine.distributed import DistContext, ShardSampler, setup
 from bot.engine.errors import BotError, first_line
 from bot.engine.images import decode
+from bot.engine.precision import eval_autocast
 from bot.engine.rundir import atomic_write_text, check_output_file, check_output_folder
 from bot.engine.weights_file import load_tensors, write_weights
 
@@ -24,48 +25,56 @@ from .predict import PAD_MULTIPLE, predict_logits
 
 
 def ms_options(config: dict) -> dict:
-    """The ms-flip settings of a finetune-seg config (its `eval` block and data.base_size; defaults.yaml's for a
-    config written before these keys existed)."""
+    """The ms-flip settings of a finetune-seg config (its `eval` block, data.base_size and the backbone's
+    normalisation, whose black pixel pads the small scales; defaults.yaml's for a config written before these keys
+    existed, GluonCV's ImageNet mean/std for one without model.normalize)."""
     from .data import default_config
+    from .multiscale import GLUONCV_MEAN, GLUONCV_STD, black
 
     e = {**default_config()["eval"], **config["eval"]}
+    norm = (config.get("model") or {}).get("normalize") or {"mean": GLUONCV_MEAN, "std": GLUONCV_STD}
     return {"scales": [float(s) for s in e["ms_scales"]], "flip": bool(e["ms_flip"]),
-            "base_size": int(e["ms_base_size"] or config["data"]["base_size"])}
+            "base_size": int(e["ms_base_size"] or config["data"]["base_size"]),
+            "pad_value": black(norm["mean"], norm["std"]), "batch": int(e["ms_batch"])}
 
 
 @torch.no_grad()
 def predict_labels(model, images: torch.Tensor, sizes, mode: str, window: int, overlap: float,
                    ms: dict | None = None) -> torch.Tensor:
     """Predicted class ids (B, H, W) of a padded batch; ms-flip scores each image at its own size (`sizes`), so
-    that no padding is rescaled with it, and leaves class 0 on the padding (labelled ignore)."""
+    that no padding is rescaled with it (the windows of all its images share forward passes), and leaves class 0
+    on the padding (labelled ignore)."""
     if mode != "ms-flip":
         return predict_logits(model, images, mode, window, overlap).argmax(1)
     if not ms:
         raise BotError("eval.mode ms-flip: needs eval.ms_scales, eval.ms_flip and a base size")
-    from .multiscale import ms_flip_probs
+    from .multiscale import iter_ms_flip_scores
 
     pred = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.int64, device=images.device)
-    for i, (h, w) in enumerate(sizes):
-        probs = ms_flip_probs(model, images[i:i + 1, :, :h, :w], window=window, overlap=overlap, **ms)
-        pred[i, :h, :w] = probs.argmax(1)[0]
+    crops = [images[i, :, :h, :w] for i, (h, w) in enumerate(sizes)]
+    for i, scores in iter_ms_flip_scores(model, crops, window=window, overlap=overlap, **ms):
+        h, w = sizes[i]
+        pred[i, :h, :w] = scores.argmax(0)
     return pred
 
 
 @torch.no_grad()
 def confusion(model, dataset: SegDataset, ctx: DistContext, *, batch_size: int, mode: str, window: int,
               overlap: float, workers: int = 0, on_batch=None, ms: dict | None = None,
-              per_image=None) -> ConfusionMatrix:
+              per_image=None, precision: str = "fp32") -> ConfusionMatrix:
     """The confusion matrix of `model` on `dataset`, each image scored once over all ranks, then summed;
-    `per_image` (segmentation.per_image.PerImageCounts) also gets each image's own counts."""
+    `per_image` (segmentation.per_image.PerImageCounts) also gets each image's own counts. The network runs under
+    the run's `precision` as engine.precision.eval_autocast says; scores and counts stay fp32 or wider."""
     source = dataset.source
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), ctx), num_workers=workers,
-        collate_fn=lambda b: pad_collate(b, PAD_MULTIPLE, source.ignore_index))
+        collate_fn=lambda b: pad_collate(b, PAD_MULTIPLE, source.ignore_index), pin_memory=ctx.device.type == "cuda")
     was_training = model.training
     model.eval()
     cm = ConfusionMatrix(source.num_classes, source.ignore_index)
     for images, masks, sizes, indices in loader:
-        pred = predict_labels(model, images.to(ctx.device), sizes, mode, window, overlap, ms)
+        with eval_autocast(precision, ctx.device):
+            pred = predict_labels(model, images.to(ctx.device, non_blocking=True), sizes, mode, window, overlap, ms)
         cm.update(pred, masks)  # padding is labelled ignore, so it counts nowhere; on a GPU, counted there
         if per_image is not None:
             per_image.update(pred, masks, indices)
@@ -186,7 +195,7 @@ def run_from_cli(*, run=None, predictions=None, data=None, split=None, num_class
                     Image.fromarray(p[:h, :w].numpy().astype(np.uint8), mode="L").save(out_dir / f"{dataset.pairs[i][0].stem}.png")
         cm = confusion(model, dataset, ctx, batch_size=batch_size or config["eval"]["batch_size"],
                        mode=mode or config["eval"]["mode"], window=d["crop_size"], overlap=config["eval"]["slide_overlap"],
-                       on_batch=saver, ms=ms_options(config))
+                       on_batch=saver, ms=ms_options(config), precision=config["train"].get("precision", "fp32"))
     else:
         source = _source(data, num_classes, ignore_index, class_names)
         split = split or source.splits[1]

@@ -24,7 +24,8 @@ class ConfusionMatrix:
     """`matrix[t, p]` counts labelled pixels of true class t predicted as p.
 
     CPU tensors are counted with numpy's single-threaded bincount (torch's threaded kernels were 10-40x slower on a
-    busy CPU); CUDA tensors with torch.bincount on the device, accumulated there without a host sync per batch.
+    busy CPU); CUDA tensors by scatter_add_ into bins on the device (`update_on_device`), without a host sync per
+    batch: the counts are read back once, by `matrix`.
     """
 
     def __init__(self, num_classes: int, ignore_index: int | None = 255):
@@ -95,14 +96,19 @@ class ConfusionMatrix:
         raise ValueError(f"target label {int(target[bad][0])} outside [0, {self.num_classes})")
 
     def update_on_device(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """Count on pred's device without reading anything back; bad labels are counted and reported by `matrix`."""
+        """Count on pred's device without reading anything back to the host (torch.bincount reads min() and max()
+        back on CUDA: two syncs per batch). Every pixel adds 1 to one bin of a preallocated k*k + 2 tensor: its
+        (target, prediction) pair, or bin k*k (ignored), or bin k*k + 1 (a label outside the classes), which
+        `matrix` checks once, when the counts are read. Any device: tests run this path on CPU tensors."""
         k = self.num_classes
-        pred, target = pred.reshape(-1).long(), target.reshape(-1).long()
+        pred, target = pred.reshape(-1).long(), target.reshape(-1).to(pred.device, non_blocking=True).long()
         ignored = target == self.ignore_index if self.ignore_index is not None else torch.zeros_like(target, dtype=torch.bool)
         valid = (target >= 0) & (target < k) & (pred >= 0) & (pred < k) & ~ignored
         idx = torch.where(valid, target * k + pred, torch.where(ignored, k * k, k * k + 1))
-        counts = torch.bincount(idx, minlength=k * k + 2)
-        self._device_counts = counts if self._device_counts is None else self._device_counts + counts
+        if self._device_counts is None:
+            self._device_counts = torch.zeros(k * k + 2, dtype=torch.int64, device=pred.device)
+        # scatter_add_ of integers: exact, and deterministic under torch.use_deterministic_algorithms
+        self._device_counts.scatter_add_(0, idx, torch.ones((), dtype=torch.int64, device=pred.device).expand_as(idx))
 
     def reduce(self, ctx: DistContext) -> "ConfusionMatrix":
         """Sum the matrices of all ranks (exact: counts stay below 2**53 in float64)."""

@@ -30,9 +30,9 @@ def predict_logits(model, images: torch.Tensor, mode: str = "whole", window: int
             crop = images[:, :, y:y + window, x:x + window]
             ch, cw = crop.shape[-2:]
             padded = F.pad(crop, (0, -cw % PAD_MULTIPLE, 0, -ch % PAD_MULTIPLE))
-            out = model(padded)["out"][:, :, :ch, :cw]
+            out = model(padded)["out"][:, :, :ch, :cw].float()  # summed in fp32, also under autocast
             if logits is None:
-                logits = torch.zeros(b, out.shape[1], h, w, device=images.device, dtype=out.dtype)
+                logits = torch.zeros(b, out.shape[1], h, w, device=images.device, dtype=torch.float32)
             logits[:, :, y:y + ch, x:x + cw] += out
             counts[:, :, y:y + ch, x:x + cw] += 1
     return logits / counts

@@ -160,12 +160,13 @@ def train_session(session: Session) -> dict:
     last = {}
 
     def evaluate(mode: str | None = None) -> dict:
-        # ms-flip costs a dozen forward passes per image: the periodic evaluations score whole images, the final one ms-flip
+        # ms-flip runs 20-30x the pixels of a whole image (6 scales, windows, flips): the periodic evaluations score whole
+        # images, the final one ms-flip
         mode = mode or ("whole" if cfg["eval"]["mode"] == "ms-flip" else cfg["eval"]["mode"])
         counts = PerImageCounts(source.num_classes, source.ignore_index)
         cm = confusion(model, val_set, ctx, batch_size=cfg["eval"]["batch_size"], mode=mode,
                        window=d["crop_size"], overlap=cfg["eval"]["slide_overlap"], workers=d["workers"],
-                       ms=ms_options(cfg), per_image=counts)
+                       ms=ms_options(cfg), per_image=counts, precision=t["precision"])
         last["result"] = cm.compute()
         last["per_image"] = counts.gather(len(val_set), ctx)
         return headline(last["result"])

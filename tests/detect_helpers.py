@@ -1,4 +1,5 @@
-"""Shared check for the detection tests: a finetuned detector rebuilt from its own file predicts what the run wrote."""
+"""Shared for the detection tests: a finetuned detector rebuilt from its own file predicts what the run wrote; a tiny
+random detector."""
 from __future__ import annotations
 
 import json
@@ -26,3 +27,18 @@ def assert_rebuilt_detector_reproduces_the_run(run: Path) -> None:
     for a, b in zip(ours, theirs):
         assert (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
         assert a["score"] == pytest.approx(b["score"], abs=1e-4) and a["bbox"] == pytest.approx(b["bbox"], abs=0.05)
+
+
+def tiny_detector():
+    """The synthetic default's FPN detector (its small head) on a random-init resnet18d, 3 classes, seeded."""
+    import torch
+
+    from bot.detection.model import build_detector
+    from bot.detection.train import HERE
+    from bot.engine.config import load_yaml, overlay
+
+    cfg = load_yaml(HERE / "defaults.yaml")
+    overlay(cfg, load_yaml(HERE / "synthetic.yaml"), HERE / "synthetic.yaml")
+    torch.manual_seed(0)
+    model, _ = build_detector("resnet18d", 3, {**cfg["model"], "detector": "fpn"}, 96, 128)
+    return model

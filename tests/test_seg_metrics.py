@@ -161,3 +161,48 @@ def test_a_prediction_under_an_ignored_pixel_may_be_anything():
     cm = ConfusionMatrix(3, IGN)
     cm.update(torch.tensor([7, 1, -4]), torch.tensor([IGN, 1, IGN]))
     assert cm.matrix.tolist() == [[0, 0, 0], [0, 1, 0], [0, 0, 0]]
+
+
+# aten ops that read a value back to the host on CUDA (.item(), data-dependent output sizes, bincount's min/max)
+HOST_READS = ("_local_scalar_dense", "bincount", "nonzero", "masked_select", "unique", "histc", "is_nonzero", "equal")
+
+
+def test_device_path_runs_no_op_that_reads_back_to_the_host():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(func.name())
+            return func(*args, **(kwargs or {}))
+
+    rng = np.random.default_rng(0)
+    target = torch.from_numpy(rng.integers(0, 5, (2, 9, 7)))
+    target[0, 0] = IGN
+    pred = torch.from_numpy(rng.integers(0, 5, (2, 9, 7)))
+    cm = ConfusionMatrix(5, IGN)
+    with Record() as record:
+        for _ in range(3):
+            cm.update_on_device(pred, target)
+    assert record.ops, "nothing was dispatched"
+    reads = [op for op in record.ops if any(name in op for name in HOST_READS)]
+    assert not reads, f"host reads per batch: {reads}"
+    assert cm.matrix.sum() == 3 * (target != IGN).sum()  # the counts are read once, here
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_update_does_not_synchronise():
+    target = torch.randint(0, 5, (4, 64, 64), device="cuda")
+    target[:, 0] = IGN
+    pred = torch.randint(0, 5, (4, 64, 64), device="cuda")
+    cm = ConfusionMatrix(5, IGN)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            cm.update(pred, target)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert int(cm.matrix.sum()) == 3 * int((target != IGN).sum())
