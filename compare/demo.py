@@ -27,7 +27,7 @@ from .live import LiveView
 
 DEFAULT_RECIPES = "resnet50b-standard,resnet50d"  # the first two rows of the paper's ladder (Tables 8 and 9)
 # Demo scale, chosen to finish under 10 minutes on a quiet 2-core machine with both stage runs side by side
-# (measured 7.6 minutes, README "The demo"): the recipe's ResNet variant at depth 10 (one block per stage; 1.6x the
+# (measured 7.6 minutes, docs/compare.md, "The demo"): the recipe's ResNet variant at depth 10 (one block per stage; 1.6x the
 # images/s of depth 18 and the same top-1 per epoch here), 10 pretrain epochs per 120 of the recipe's (mixup's
 # 200 -> 17), detection 6 of its 8 synthetic epochs, segmentation 12 epochs at batch 8 (more steps than 20 at
 # batch 16 in fewer images; after 8 epochs at batch 16 both segmenters still predicted almost only background).

@@ -1,6 +1,6 @@
 """The one place image files are opened and decoded, for every stage: errors become one line naming the file.
 
-Rules (README "Image files"):
+Rules (docs/pretrain.md, "Image files"):
 - Accepted extensions, in every layout: IMAGE_EXTENSIONS (GIF: its first frame). Anything else in an image
   folder is not an image; the layouts say what they do with it.
 - Any mode Pillow reads becomes 8-bit RGB. High-bit-depth data (I;16*, I, F) is scaled from its container's

@@ -7,7 +7,7 @@ exactly the default loader's. DALI then decodes (nvJPEG through its "mixed" back
 CPU run), crops and resizes in one step, flips and jitters, and hands over uint8 (N, 3, S, S) crops that
 engine.device_pipeline lights and normalises as it does the default loader's.
 
-The pixels differ where DALI's kernels differ from torchvision's (README, "Input pipeline"): the resize filter,
+The pixels differ where DALI's kernels differ from torchvision's (docs/pretrain.md, "Input pipeline"): the resize filter,
 jitter applied in one fixed order (torchvision permutes it per sample) and contrast pivoting on mid-grey rather
 than the image's mean grey. Validation keeps the default loader.
 """
