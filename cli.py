@@ -24,7 +24,7 @@ SHARED_TRAINING_OPTIONS = [
                  help="fp32, fp16 (autocast + loss scaling) or bf16 (autocast); weights stay fp32 (default: train.precision: "
                       "the recipe's for pretrain, whose fp16 runs as fp32 on a CPU; fp32 for the fine-tunes)."),
     click.option("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)."),
-    click.option("--workers", type=int, help="DataLoader workers per process."),
+    click.option("--workers", type=int, help="DataLoader workers per process (default: data.workers, 4; 0 on the synthetic defaults)."),
     click.option("--seed", type=int, help="Seed of initialisation, data order and every augmentation draw (default: 0)."),
     click.option("--compile/--no-compile", "compile", default=None, help="torch.compile the network with inductor (default: off; --set train.compile=BACKEND picks another backend)."),
     click.option("--resume", is_flag=True, help="Continue the interrupted run in --out."),
@@ -245,8 +245,8 @@ def finetune_seg(nproc, image_size, **options):
 
 
 @main.command("evaluate-seg")
-@click.option("--run", type=click.Path(), help="A finetune-seg run directory to score (this or --predictions).")
-@click.option("--predictions", type=click.Path(), help="Or: a folder of predicted PNG masks (class ids 0..N-1, image stems).")
+@click.option("--run", type=click.Path(), help="A finetune-seg run directory to score; this or --predictions is required.")
+@click.option("--predictions", type=click.Path(), help="Or: a folder of predicted PNG masks (class ids 0..N-1, image stems); this or --run is required.")
 @click.option("--data", help="ade20k:PATH or folder:PATH (default: the run's data set, or the synthetic set).")
 @click.option("--split", help="Split folder name (default: the validation split).")
 @click.option("--num-classes", type=int, help="Classes (default: the run's, else as finetune-seg: ade20k 150).")
@@ -292,8 +292,8 @@ def finetune_detect(nproc, **options):
 @main.command("evaluate-detect")
 @click.option("--data", help="voc:PATH, coco:PATH or synthetic[:voc|:coco] (default: synthetic VOC layout).")
 @click.option("--val-set", help="VOC: a YEAR-SPLIT (default: 2007-test); COCO: a split (default: val2017).")
-@click.option("--detections", type=click.Path(), help="A COCO results JSON (image_id, category_id, bbox [x,y,w,h] in px, score); this or --weights.")
-@click.option("--weights", type=click.Path(), help="A finetune-detect run dir (or its model.safetensors) to run instead of --detections.")
+@click.option("--detections", type=click.Path(), help="A COCO results JSON (image_id, category_id, bbox [x,y,w,h] in px, score); this or --weights is required.")
+@click.option("--weights", type=click.Path(), help="A finetune-detect run dir (or its model.safetensors) to run instead of --detections; one of the two is required.")
 @click.option("--classes", help="VOC layout: class names, comma-separated, in label order (default: ROOT/classes.txt, "
                                 "else the names found in the annotations).")
 @click.option("--device", help="cpu, cuda or cuda:N, for --weights (default: cuda if available, else cpu).")
