@@ -61,7 +61,10 @@ def run_training_stage(nproc: int, entry: str, **options) -> None:
 @click.version_option(package_name="bot")
 def main():
     """Bag of Tricks for image classification: pretrain backbones, fine-tune them for detection and
-    segmentation, and compare what each training choice is worth downstream."""
+    segmentation, and compare what each training choice is worth downstream.
+
+    Each command's reference, with a table of its options, is a page of docs/ in the repository (pretrain.md,
+    detection.md, segmentation.md, compare.md, reproduce.md, checkpoints.md); README.md says where to start."""
 
 
 # ---- pretrain -------------------------------------------------------------------------------------------------
