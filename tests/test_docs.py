@@ -332,6 +332,18 @@ def test_every_bot_command_the_readme_shows_exists_with_those_options():
     assert not problems, "\n".join(problems)
 
 
+def test_every_bot_command_the_reference_pages_show_exists_with_those_options():
+    # design.md draws the flow with `bot ... -> files`, paper.md quotes no command lines: the other pages are usage
+    problems = []
+    for page in pages():
+        if page.name in ("design.md", "paper.md"):
+            continue
+        lines, mentions = readme_command_lines(page.read_text())
+        problems += [f"docs/{page.name}: {p}" for line in lines if (p := parse_command_line(line))]
+        problems += [f"docs/{page.name}: {p}" for line in mentions if (p := parse_command_line(line, mention=True))]
+    assert not problems, "\n".join(problems)
+
+
 @pytest.mark.parametrize("line,why", [
     ("bot compare runs/ --baseline x --plot c.png   # a comment", None),
     ("bot finetune-detect --backbone r --epochs 3", None),
