@@ -60,6 +60,9 @@ def run_training_stage(nproc: int, entry: str, **options) -> None:
 def main():
     """Bag of Tricks for image classification: pretrain backbones, fine-tune them for detection and
     segmentation, and compare what each training choice is worth downstream."""
+    from bot.engine.launch import die_with_parent
+
+    die_with_parent()  # a child of `--nproc`, `bot demo` or `bot reproduce` dies with its launcher
 
 
 # ---- pretrain -------------------------------------------------------------------------------------------------
