@@ -76,5 +76,8 @@ def relaunch_with_torchrun(nproc: int) -> int:
             continue
         cleaned.append(a)
     os.environ.update(child_env(signal.SIGKILL))  # the workers are this process's children: they die with it
+    if "OMP_NUM_THREADS" not in os.environ:  # else torchrun sets 1 for every worker (engine/threads.py)
+        from .threads import cores
+        os.environ["OMP_NUM_THREADS"] = str(max(1, cores() // nproc))
     torchrun(["--standalone", f"--nproc_per_node={nproc}", "--no-python", *bot_argv(), *cleaned])
     return 0
