@@ -24,6 +24,7 @@ import yaml
 
 from . import distributed as dist
 from . import threads
+from .shared_dir import check_shared
 from .config import apply_options, apply_sets, migrate
 from .errors import BotError, first_line
 from .loop import fit, restore_state
@@ -306,6 +307,7 @@ def run_config(stage: StageDef, train: Callable[[Session], dict], cfg: dict, out
         threads.apply(cfg["train"]["threads"])
         ctx = dist.setup(cfg["train"]["device"])
         try:
+            check_shared(out, ctx)
             session = Session(stage, cfg, out, resume, ctx, RunDir(out, enabled=ctx.is_main), on_step=on_step)
             try:
                 return train(session)
