@@ -65,6 +65,9 @@ def main():
 
     Each command's reference, with a table of its options, is a page of docs/ in the repository (pretrain.md,
     detection.md, segmentation.md, compare.md, reproduce.md, checkpoints.md); README.md says where to start."""
+    from bot.engine.launch import die_with_parent
+
+    die_with_parent()  # a child of `--nproc`, `bot demo` or `bot reproduce` dies with its launcher
 
 
 # ---- pretrain -------------------------------------------------------------------------------------------------

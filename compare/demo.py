@@ -21,7 +21,7 @@ from pathlib import Path
 from rich.console import Console
 
 from bot.engine.errors import BotError
-from bot.engine.launch import bot_argv
+from bot.engine.launch import bot_argv, child_env
 
 from .live import LiveView
 
@@ -184,7 +184,9 @@ def plan(recipes: list[str], out: Path, *, depth: int = DEMO_DEPTH, teacher: str
 
 def run_subprocess(argv: list[str], log: Path | None = None, threads: int | None = None) -> int:
     """Run one stage command; with `log`, its output goes to that file (parallel runs would interleave on a terminal)."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
+    env = dict(os.environ, **child_env())  # the stage stops (SIGTERM: it saves its resume state) if we die
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     if log is None:
         return subprocess.run(argv, env=env).returncode
     log.parent.mkdir(parents=True, exist_ok=True)
