@@ -167,11 +167,18 @@ def fit(*, model, optimizer, precision: Precision, schedule: Schedule, loader, s
         return values
 
     def kept() -> str:
+        """Where the last good state is, and the advice that fits the cause: a smaller lr for a divergence; for an
+        fp16 run whose loss scaler skipped steps before it, fp16's range is as likely a cause as the lr."""
+        skipped = precision.skipped_steps()
+        if skipped:
+            cause = (f"the fp16 loss scaler skipped {skipped} step(s) with inf/NaN gradients by then, so fp16's "
+                     f"range may be the cause rather than the learning rate: try --precision bf16 or fp32")
         if saved is None or not run.checkpoint_file.exists():
-            return ("no resume state was written before it (it diverged in the first epoch); "
-                    "start again with a smaller --lr")
-        return (f"{run.checkpoint_file} keeps the last good state (epoch {saved.epoch}, step {saved.step}); "
-                f"continue with --resume --lr SMALLER")
+            where = "no resume state was written before it (it failed in the first epoch); "
+            return where + (cause if skipped else "start again with a smaller --lr")
+        where = f"{run.checkpoint_file} keeps the last good state (epoch {saved.epoch}, step {saved.step}); "
+        return where + (cause + " (a new run: --precision cannot change on --resume)" if skipped
+                        else "continue with --resume --lr SMALLER")
 
     def save(epoch: int) -> None:
         nonlocal saved

@@ -52,6 +52,14 @@ class StageDef:
     upgrade: Callable[[dict], None] = lambda cfg: None  # turn an older config.yaml's values into today's meaning
 
 
+def optimizer_options(device: torch.device) -> dict:
+    """SGD's options on `device`: the fused kernel on CUDA (one launch for all parameters, and it reads GradScaler's
+    inf flag on the device, where foreach SGD needs a host read of it every step). Fused SGD would leave its momentum
+    buffers uninitialised when loss scaling skips its first step; engine/precision.py creates them as zeros first
+    (docs/design.md section 7, "CUDA paths")."""
+    return {"fused": True} if device.type == "cuda" else {}
+
+
 def flag_of(stage: StageDef, key: str) -> str:
     for option, k in stage.option_keys.items():
         if k == key:
@@ -222,8 +230,7 @@ class Session:
         return net
 
     def optimizer_options(self) -> dict:
-        """The fused CUDA kernel of SGD where there is one (one launch for all parameters)."""
-        return {"fused": True} if self.ctx.device.type == "cuda" else {}
+        return optimizer_options(self.ctx.device)
 
     def loader(self, dataset, **kwargs) -> torch.utils.data.DataLoader:
         """A DataLoader with a generator of its own (worker seeds never touch the global RNG) and pinned memory on GPUs."""
