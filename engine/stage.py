@@ -33,9 +33,9 @@ from .schema import flatten, validate
 from .tensorboard import check_setting as check_tensorboard
 
 # What may change when a run is continued: where and how fast it runs, not what it computes (lr is allowed so that
-# a diverged run can go on at a lower rate).
+# a diverged run can go on at a lower rate; compile changes rounding only, and resume state has the plain keys).
 RESUME_OVERRIDES = ("train.lr", "data.workers", "train.device", "train.eval_every", "train.log_every",
-                    "train.tensorboard")
+                    "train.tensorboard", "train.compile")
 
 
 @dataclass
