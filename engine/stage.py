@@ -35,9 +35,9 @@ from .schema import flatten, validate
 from .tensorboard import check_setting as check_tensorboard
 
 # What may change when a run is continued: where and how fast it runs, not what it computes (lr is allowed so that
-# a diverged run can go on at a lower rate).
+# a diverged run can go on at a lower rate; compile changes rounding only, and resume state has the plain keys).
 RESUME_OVERRIDES = ("train.lr", "data.workers", "train.device", "train.eval_every", "train.log_every",
-                    "train.tensorboard")
+                    "train.tensorboard", "train.compile")
 
 
 @dataclass
@@ -52,6 +52,14 @@ class StageDef:
     cache_dir: Callable[[dict], Path | None] = lambda cfg: None  # where synthetic data will be written, if any
     renamed: dict = field(default_factory=dict)       # old key -> present key
     upgrade: Callable[[dict], None] = lambda cfg: None  # turn an older config.yaml's values into today's meaning
+
+
+def optimizer_options(device: torch.device) -> dict:
+    """SGD's options on `device`: the fused kernel on CUDA (one launch for all parameters, and it reads GradScaler's
+    inf flag on the device, where foreach SGD needs a host read of it every step). Fused SGD would leave its momentum
+    buffers uninitialised when loss scaling skips its first step; engine/precision.py creates them as zeros first
+    (docs/design.md section 7, "CUDA paths")."""
+    return {"fused": True} if device.type == "cuda" else {}
 
 
 def flag_of(stage: StageDef, key: str) -> str:
@@ -224,8 +232,7 @@ class Session:
         return net
 
     def optimizer_options(self) -> dict:
-        """The fused CUDA kernel of SGD where there is one (one launch for all parameters)."""
-        return {"fused": True} if self.ctx.device.type == "cuda" else {}
+        return optimizer_options(self.ctx.device)
 
     def loader(self, dataset, **kwargs) -> torch.utils.data.DataLoader:
         """A DataLoader with a generator of its own (worker seeds never touch the global RNG) and pinned memory on GPUs."""
