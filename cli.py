@@ -260,7 +260,7 @@ def evaluate_seg(**options):
 @click.option("--epochs", type=int)
 @click.option("--batch-size", type=int, help="Global batch size (split over processes).")
 @click.option("--lr", type=float, help="Learning rate (default: base_lr scaled to the batch size).")
-@click.option("--image-size", type=int, help="Short side after resizing (long side capped at 5/3 of it unless --max-size).")
+@click.option("--image-size", type=int, help="Short side after resizing, px (default 600; long side capped at 5/3 of it unless --max-size, as with --set data.min_size).")
 @click.option("--max-size", type=int, help="Long side cap.")
 @training_options
 @click.option("--out", type=click.Path(), help="Run directory (default: runs/detect-<backbone>).")

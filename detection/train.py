@@ -39,9 +39,19 @@ def defaults(options: dict, sets=()) -> dict:
     cfg = load_yaml(HERE / "defaults.yaml")
     if parse_spec(given(options, sets, "data.spec"))[0] == "synthetic":
         overlay(cfg, load_yaml(HERE / "synthetic.yaml"), HERE / "synthetic.yaml")
-    if options.get("data.min_size") is not None and options.get("data.max_size") is None:
-        options["data.max_size"] = round(options["data.min_size"] * 1000 / 600)  # the reference 600/1000 ratio
+    keep_long_side_ratio(cfg, given(options, sets, "data.min_size"), given(options, sets, "data.max_size"))
     return cfg
+
+
+LONG_SIDE_RATIO = 1000 / 600  # GluonCV's VOC short/long sides, 600 and 1000 (faster_rcnn.py: short=600, max_size=1000)
+
+
+def keep_long_side_ratio(cfg: dict, min_size, max_size) -> None:
+    """A short side given without a long side (by --image-size or --set data.min_size) moves the long side cap with
+    it, at the reference 600/1000 ratio (800 -> 1333, GluonCV's COCO pair); a long side given too is the user's.
+    Values of the wrong type are left for the schema check to refuse."""
+    if isinstance(min_size, int) and not isinstance(min_size, bool) and max_size is None:
+        cfg["data"]["max_size"] = round(min_size * LONG_SIDE_RATIO)
 
 
 def schema() -> dict:
