@@ -106,6 +106,12 @@ def run_finetune(cfg: dict, out: str | Path, resume: bool = False, on_step=None)
     return run_config(STAGE, train_session, cfg, Path(out), resume, on_step)
 
 
+def train_lr(t: dict) -> float:
+    """The lr the optimiser starts from (before warmup): train.lr if given, else train.base_lr per train.base_batch
+    images scaled linearly to train.batch_size (VOC: GluonCV's published run, 0.001 at 4 images, defaults.yaml)."""
+    return t["lr"] if t["lr"] is not None else scaled_lr(t["base_lr"], t["batch_size"], t["base_batch"])
+
+
 def compile_trunk(model, backend) -> None:
     """`--compile` for a detector: the backbone (with the FPN) and the box head compiled in place with dynamic
     shapes; the RPN, the RoI sampling, RoIAlign and NMS stay eager. Compiling the whole detector (what the other
@@ -157,7 +163,7 @@ def train_session(session: Session) -> dict:
     if steps_per_epoch == 0:
         raise BotError(f"{root}: {len(train_ds)} training images make no batch of {t['batch_size']}")
 
-    lr = t["lr"] if t["lr"] is not None else scaled_lr(t["base_lr"], t["batch_size"], t["base_batch"])
+    lr = train_lr(t)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=t["momentum"], weight_decay=t["weight_decay"],
                                 **session.optimizer_options())
