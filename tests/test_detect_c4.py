@@ -147,3 +147,13 @@ def test_finetune_detect_c4_end_to_end(backbone, tmp_path, monkeypatch):
     again = json.loads((out / "w.json").read_text())["metrics"]
     assert again["voc07_map50"] == pytest.approx(summary["metrics"]["voc07_map50"], abs=1e-6)
     assert_rebuilt_detector_reproduces_the_run(out)  # the mAP above is 0 at this scale: compare the boxes
+
+
+@pytest.mark.parametrize("batch, lr", [(4, 0.001), (8, 0.002), (1, 0.00025)])
+def test_voc_lr_is_the_published_runs_per_image_rate(batch, lr):
+    """GluonCV's published VOC run: 4 GPUs x 1 image at lr 0.001; bot scales that rate linearly to its batch."""
+    from bot.detection.train import train_lr
+
+    cfg = resolve_config({"backbone": "resnet18d", "data": "voc:/x", "batch_size": batch})
+    assert train_lr(cfg["train"]) == pytest.approx(lr)
+    assert train_lr(resolve_config({"backbone": "resnet18d", "data": "voc:/x", "lr": 0.05})["train"]) == 0.05
