@@ -129,9 +129,16 @@ class KeyTable:
         return {"folder": self.folder, "_open": {}}  # each worker maps the files itself
 
 
+# one float32 vector of a sample's parameters, so that DALI moves two arrays per sample, not nine (its per-array
+# feeding cost lands on the training process). Every value is exact in float32: pixel coordinates and labels are
+# integers under 2**24, the factors and alphas are float32 on the default loader's path too.
+ANCHOR, SHAPE, FLIP, JITTER, ALPHAS, LABEL = slice(0, 2), slice(2, 4), 4, slice(5, 8), slice(8, 11), 11
+PARAMS = 12
+
+
 class SampleSource:
-    """DALI's per-sample callable: SampleInfo -> (file bytes, crop anchor (x, y), crop shape (w, h), flip,
-    brightness, contrast, saturation, lighting alphas, label), from the sample's seeded draws.
+    """DALI's per-sample callable: SampleInfo -> (file bytes, float32 parameters: crop anchor (x, y), crop shape
+    (w, h), flip, brightness, contrast, saturation, lighting alphas, label), from the sample's seeded draws.
 
     Picklable (DALI spawns its workers and sends them this object); the draws and the size cache are built in
     each worker on first use.
@@ -152,7 +159,7 @@ class SampleSource:
             self._sizes[index] = oriented_size(path)
         return int(self._sizes[index, 0]), int(self._sizes[index, 1])
 
-    def __call__(self, info):
+    def __call__(self, info) -> tuple[np.ndarray, np.ndarray]:
         epoch, index = self.keys.key(info.epoch_idx, info.idx_in_epoch)
         path, label = self.samples[index]
         if self._draws is None:
@@ -166,13 +173,14 @@ class SampleSource:
         with seeded_sample(self.seed, epoch, index):
             d = self._draws(width, height)
         top, left, h, w = d.box
-        brightness, contrast, saturation = (np.array(f, np.float32) for f in d.jitter)
-        return (encoded, np.array([left, top], np.int32), np.array([w, h], np.int32), np.array(int(d.flip), np.int32),
-                brightness, contrast, saturation, d.alphas.numpy().astype(np.float32), np.array(label, np.int64))
+        params = np.empty(PARAMS, np.float32)
+        params[ANCHOR], params[SHAPE], params[FLIP], params[JITTER] = (left, top), (w, h), d.flip, d.jitter
+        params[ALPHAS], params[LABEL] = d.alphas.numpy(), label
+        return encoded, params
 
 
 def build_pipeline(source: SampleSource, batch_size: int, image_size: int, workers: int, device_id: int | None):
-    """The DALI graph: per-sample bytes and draws in, (uint8 CHW crops, alphas, labels) out; the crops on the GPU
+    """The DALI graph: per-sample bytes and parameters in, (uint8 CHW crops, the parameters) out; the crops on the GPU
     when device_id. With workers >= 1 the source runs in that many spawned processes, else in this one."""
     from nvidia.dali import fn, pipeline_def, types
 
@@ -182,19 +190,19 @@ def build_pipeline(source: SampleSource, batch_size: int, image_size: int, worke
                   prefetch_queue_depth=PREFETCH, exec_dynamic=True, py_num_workers=max(1, workers),
                   py_start_method="spawn")
     def graph():
-        encoded, anchor, shape, flip, brightness, contrast, saturation, alphas, labels = fn.external_source(
-            source, num_outputs=9, batch=False, parallel=parallel, **({"prefetch_queue_depth": PREFETCH} if parallel else {}),
-            dtype=[types.UINT8, types.INT32, types.INT32, types.INT32, types.FLOAT, types.FLOAT, types.FLOAT,
-                   types.FLOAT, types.INT64],
-            ndim=[1, 1, 1, 0, 0, 0, 0, 1, 0])
-        # decode the crop window only (integer anchor/shape: absolute oriented pixels, x/y order); ROI decoding
-        # where the codec has it, so most of a small crop's source image is never decoded
-        images = fn.decoders.image_slice(encoded, anchor, shape, device="mixed" if device_id is not None else "cpu",
-                                         output_type=types.RGB)
+        source_args = {"prefetch_queue_depth": PREFETCH} if parallel else {}
+        encoded, params = fn.external_source(source, num_outputs=2, batch=False, parallel=parallel,
+                                             dtype=[types.UINT8, types.FLOAT], ndim=[1, 1], **source_args)
+        # decode the crop window only (absolute oriented pixels, x/y order); ROI decoding where the codec has it,
+        # so most of a small crop's source image is never decoded
+        images = fn.decoders.image_slice(encoded, params[ANCHOR], params[SHAPE], normalized_anchor=False,
+                                         normalized_shape=False, output_type=types.RGB,
+                                         device="mixed" if device_id is not None else "cpu")
         images = fn.resize(images, size=[image_size, image_size], antialias=True, interp_type=types.INTERP_LINEAR)
-        images = fn.flip(images, horizontal=flip)
-        images = fn.color_twist(images, brightness=brightness, contrast=contrast, saturation=saturation)
-        return fn.transpose(images, perm=[2, 0, 1]), alphas, labels
+        images = fn.flip(images, horizontal=fn.cast(params[FLIP], dtype=types.INT32))
+        images = fn.color_twist(images, brightness=params[JITTER.start], contrast=params[JITTER.start + 1],
+                                saturation=params[JITTER.start + 2])
+        return fn.transpose(images, perm=[2, 0, 1]), params
 
     pipe = graph()
     pipe.build()
@@ -257,11 +265,12 @@ class DaliTrainLoader:
 
     def _tensors(self, outputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         from nvidia.dali.plugin.pytorch import feed_ndarray
-        crops_out, alphas, labels = (o.as_tensor() for o in outputs)
+        crops_out, params = (o.as_tensor() for o in outputs)
         crops = torch.empty(crops_out.shape(), dtype=torch.uint8, device=self.device)
         stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
         feed_ndarray(crops_out, crops, cuda_stream=stream)
-        return crops, torch.from_numpy(np.array(alphas)), torch.from_numpy(np.array(labels))
+        params = torch.from_numpy(np.array(params))
+        return crops, params[:, ALPHAS].contiguous(), params[:, LABEL].long()
 
     def __iter__(self):
         if self.epoch_open:
