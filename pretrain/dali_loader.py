@@ -23,6 +23,7 @@ than the image's mean grey. Validation keeps the default loader.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import weakref
@@ -209,6 +210,16 @@ def build_pipeline(source: SampleSource, batch_size: int, image_size: int, worke
     return pipe
 
 
+def dali_failure(e: BaseException) -> str:
+    """DALI's error in a line: the failing operator and what it met (its first line says only "Critical error")."""
+    text = str(e)
+    op = re.search(r"Error in \w+ operator `(?:nvidia\.dali\.fn\.)?([\w.]+)`", text)
+    met = re.search(r"encountered:\s*\n\s*(.+)", text)
+    if not (op and met):
+        return f"DALI failed: {first_line(e)}"
+    return f"DALI's {op.group(1)} failed ({met.group(1).strip()})"
+
+
 def _shared_folder() -> str:
     """A private folder for the key tables, in RAM where the system has /dev/shm."""
     shm = Path("/dev/shm")
@@ -240,15 +251,18 @@ class DaliTrainLoader:
     def __len__(self) -> int:
         return len(self.sampler) // self.batch_size
 
-    def _run(self):
-        """The next batch's outputs; StopIteration at the epoch's end."""
+    def _run(self, files: list[str] | None = None):
+        """The next batch's outputs (of `files`); StopIteration at the epoch's end; BotError when a file fails."""
         try:
             return self.pipe.run()
         except StopIteration:
             raise
         except Exception as e:  # noqa: BLE001 - DALI re-raises a worker's error as a bare Exception
-            cause = e.__cause__ if isinstance(e.__cause__, RuntimeError) else e
-            raise BotError(f"--loader dali: {first_line(cause)}") from None
+            if isinstance(e.__cause__, RuntimeError):  # the source's own error, which names its file
+                raise BotError(f"--loader dali: {first_line(e.__cause__)}") from None
+            raise BotError(f"--loader dali: {dali_failure(e)} in the batch of {files[0]}"
+                           f"{f' and {len(files) - 1} other files' if files and len(files) > 1 else ''}"
+                           if files else f"--loader dali: {dali_failure(e)}") from None
 
     def _close_epoch(self, cut: bool) -> None:
         """Take the pipeline to its epoch's end (cut short: drain what is prefetched) and start the next."""
@@ -276,11 +290,13 @@ class DaliTrainLoader:
         if self.epoch_open:
             self._close_epoch(cut=True)
         batches = len(self)
-        self.keys.write(self.dali_epoch, list(self.sampler)[:batches * self.batch_size])
+        n = self.batch_size
+        keys = list(self.sampler)[:batches * n]
+        self.keys.write(self.dali_epoch, keys)
         self.epoch_open = True
         for b in range(batches):
             try:
-                batch = self._tensors(self._run())
+                batch = self._tensors(self._run([self.split.folder.samples[i][0] for _, i in keys[b * n:(b + 1) * n]]))
             except StopIteration:
                 raise BotError(f"--loader dali: the pipeline ended after {b} of {batches} batches") from None
             if b == batches - 1:
