@@ -1,9 +1,12 @@
 """What the benchmark scripts share: medians of interleaved rounds, bot's loop against a bare loop, the `--json FILE`
-results file ({measurement: {"baseline", "bot", "ratio", "unit", ...}}), and, run as a script, the README's
-performance table rendered from such files:
+results file ({measurement: {"baseline", "bot", "ratio", "unit", ...}}), and, run as a script, the performance
+table of docs/performance.md rendered from such files:
 
-    python benchmarks/results.py --json runs/bench/pretrain.json --json runs/bench/segment.json [--readme README.md]
-    python benchmarks/results.py --gpu benchmarks/results/gpu.json [--readme README.md]   # the GPU check's table
+    python benchmarks/results.py                     # the committed results/*.json into docs/performance.md
+    python benchmarks/results.py --json runs/gpu_check.json [--into FILE]   # print other results (or write them)
+    python benchmarks/results.py --gpu benchmarks/results/gpu.json --into docs/performance.md   # the GPU table
+
+Rerun the first after committing a new results file; tests/test_docs.py fails while the page's table differs.
 """
 from __future__ import annotations
 
@@ -148,17 +151,31 @@ def render(files: list[str]) -> str:
 
 
 START, END = "<!-- performance table: python benchmarks/results.py -->", "<!-- end of performance table -->"
+REPO = Path(__file__).resolve().parents[1]
+# The page whose table the committed results render into, and those results, in the table's order.
+PERFORMANCE_PAGE = REPO / "docs" / "performance.md"
+COMMITTED_RESULTS = [REPO / "benchmarks" / "results" / f"{name}.json" for name in ("pretrain", "segment", "detect", "bootstrap")]
+
+
+# benchmarks/gpu_check.py's table (`--gpu FILE`), on the same page
 GPU_START, GPU_END = "<!-- gpu table: python benchmarks/results.py --gpu -->", "<!-- end of gpu table -->"
 
 
-def replace_table(readme: Path, table: str, start: str = START, end: str = END) -> None:
-    """Put `table` between the page's two marker lines (both must be there, in order)."""
-    text = readme.read_text()
+def table_in(page: Path, start: str = START, end: str = END) -> str:
+    """The table between `page`'s two marker lines (both must be there, in order)."""
+    text = page.read_text()
     if start not in text or end not in text or text.index(start) > text.index(end):
-        raise SystemExit(f"error: {readme}: needs the marker lines {start!r} and {end!r}, in that order")
+        raise SystemExit(f"error: {page}: needs the marker lines {start!r} and {end!r}, in that order")
+    return text.split(start, 1)[1].split(end, 1)[0].strip("\n")
+
+
+def replace_table(page: Path, table: str, start: str = START, end: str = END) -> None:
+    """Put `table` between the page's two marker lines (both must be there, in order)."""
+    table_in(page, start, end)  # checks the markers
+    text = page.read_text()
     head, rest = text.split(start, 1)
-    readme.write_text(head + start + "\n" + table + "\n" + end + rest.split(end, 1)[1])
-    print(f"wrote the table into {readme}")
+    page.write_text(head + start + "\n" + table + "\n" + end + rest.split(end, 1)[1])
+    print(f"wrote the table into {page}")
 
 
 def _pass(ok) -> str:
@@ -220,19 +237,30 @@ def render_gpu(path: str) -> str:
     return "\n".join(rows) + "\n\n" + render([path])
 
 
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description="Render the performance table (Markdown) from benchmark JSON files.")
-    p.add_argument("--json", metavar="FILE", action="append", help="a results file (repeatable)")
-    p.add_argument("--gpu", metavar="FILE", help="benchmarks/gpu_check.py's results file: the GPU table instead "
-                   "(default: none), between the GPU table's marker lines with --readme")
-    p.add_argument("--readme", type=Path, help="write the table into this file (README.md or a docs/ page), "
-                   "between its marker lines (default: print it)")
+    p = argparse.ArgumentParser(description="Render the performance table (Markdown) from benchmark JSON files. "
+                                            "Without --json: the committed results into docs/performance.md.")
+    p.add_argument("--json", metavar="FILE", action="append", help="a results file (repeatable; default: the "
+                   "committed benchmarks/results/{pretrain,segment,detect,bootstrap}.json)")
+    p.add_argument("--into", "--readme", dest="into", type=Path, help="write the table into this file, between "
+                   "its marker lines (default without --json: docs/performance.md; with --json: print it)")
+    p.add_argument("--gpu", metavar="FILE", help="benchmarks/gpu_check.py's results file: render the GPU table "
+                   "instead (default: none), with --into between that page's GPU table markers")
     args = p.parse_args()
-    if not args.json and not args.gpu:
-        p.error("give --json FILE (the performance table) or --gpu FILE (the GPU table)")
-    table = render_gpu(args.gpu) if args.gpu else render(args.json)
-    if args.readme:
-        replace_table(args.readme, table, *((GPU_START, GPU_END) if args.gpu else (START, END)))
+    if args.gpu:
+        table = render_gpu(args.gpu)
+        if args.into:
+            replace_table(args.into, table, GPU_START, GPU_END)
+        else:
+            print(table)
+        return
+    files = args.json or [str(f) for f in COMMITTED_RESULTS]
+    into = args.into or (None if args.json else PERFORMANCE_PAGE)
+    table = render(files)
+    if into:
+        replace_table(into, table)
     else:
         print(table)
 

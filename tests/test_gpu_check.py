@@ -1,6 +1,6 @@
 """benchmarks/gpu_check.py: its --smoke mode end to end (every section on a CPU, the JSON's content checked), the
 pieces it is built from (the stages' configs, the sync counter, the foreach twin of a stage optimiser, the run
-check) and the GPU table rendered from its JSON."""
+check) and the GPU table of docs/performance.md rendered from its JSON."""
 import importlib.util
 import json
 import math
