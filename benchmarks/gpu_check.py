@@ -279,6 +279,7 @@ def stage_parts(stage: str, sizes: Sizes, data: Data, device: str, precision: st
         with watching_fit(stop=True) as seen, contextlib.suppress(_Stop), _quiet():
             run(cfg, out)
         seen["init"] = copy.deepcopy(unwrap(seen["model"]).state_dict())
+        seen["optimizer_attrs"] = set(vars(seen["optimizer"]))
         _PARTS[key] = seen
     return _PARTS[key]
 
@@ -307,10 +308,15 @@ def to_device(x, device: torch.device):
 
 
 def fresh(parts: dict, precision: str | None = None) -> Precision:
-    """The stage's model back at its initial weights, its optimiser without state, a new Precision (fresh scaler)."""
+    """The stage's model back at its initial weights, its optimiser as the stage built it (no state, and none of
+    the attributes set on it since: engine/precision.py's buffers-ready flag, GradScaler's grad_scale), a new
+    Precision (a fresh loss scaler), so that each run starts as a new stage run would."""
     unwrap(parts["model"]).load_state_dict(parts["init"])
-    parts["optimizer"].state.clear()
-    parts["optimizer"].zero_grad(set_to_none=True)
+    opt = parts["optimizer"]
+    opt.state.clear()
+    for name in set(vars(opt)) - parts["optimizer_attrs"]:
+        delattr(opt, name)
+    opt.zero_grad(set_to_none=True)
     return Precision(precision or parts["precision"].mode, parts["session"].ctx.device)
 
 
