@@ -81,6 +81,34 @@ def test_the_foreach_twin_keeps_the_stage_optimisers_groups_and_hyper_parameters
         assert a.get("lr_mult") == b.get("lr_mult") and a["momentum"] == b["momentum"] == 0.9
 
 
+def _tiny_parts(fused: bool) -> dict:
+    """What gpu_check reads of a stage's build, for a two-layer net with the paper's SGD on the CPU."""
+    import copy
+    from types import SimpleNamespace
+
+    from bot.engine.distributed import DistContext
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4, fused=fused)
+    return {"model": model, "optimizer": opt, "init": copy.deepcopy(model.state_dict()), "optimizer_attrs": set(vars(opt)),
+            "train_step": lambda b: (torch.nn.functional.cross_entropy(model(b[0]), b[1]), 8, {}),
+            "session": SimpleNamespace(ctx=DistContext(), seed=0)}
+
+
+@pytest.mark.parametrize("fixed", [True, False])
+def test_the_overflow_check_tells_fused_sgd_with_unset_momentum_from_foreach(monkeypatch, fixed):
+    import bot.engine.precision as precision
+    if not fixed:  # engine/precision.py before the fix: fused SGD's buffers left as empty_like memory
+        monkeypatch.setattr(precision, "zero_momentum_buffers", lambda optimizer: None)
+    parts = _tiny_parts(fused=True)
+    batch = (torch.randn(8, 4), torch.randint(0, 3, (8,)))
+    reference, _ = gpu_check.overflow_run(parts, batch, gpu_check.foreach_twin(parts["optimizer"]))
+    for _ in range(2):  # twice: the second run starts from the optimiser as built (no state, no flag left)
+        own, scale = gpu_check.overflow_run(parts, batch, parts["optimizer"])
+        row = gpu_check.compare_to_foreach(own, reference)
+        assert row["ok"] is fixed and scale < 65536, row
+
+
 def test_failures_and_skips_are_found_anywhere_in_the_results():
     out = {"a": {"x": {"ok": True}, "y": {"ok": False, "z": gpu_check.SKIPPED}}, "b": gpu_check.SKIPPED}
     assert gpu_check.failures(out) == ["a/y"] and gpu_check.skipped(out) == ["a/y/z", "b"]
@@ -115,6 +143,7 @@ def test_smoke_mode_runs_every_section_on_a_cpu(tmp_path):
     for stage, row in data["overflow"].items():
         if stage in gpu_check.SMOKE.fp16_stages:
             assert row["finite"] and row["ok"] and row["rel_diff_to_foreach"] <= 1e-6 and row["scale_after"] < 65536
+            assert row["cuda_options_on_cpu"]["ok"] and "fused" in row["cuda_options_on_cpu"]["optimizer_options"]
         else:
             assert row == gpu_check.SLOW_FP16
     # (c) syncs counted per stage over 10 steps and one evaluation, each stage's run finished
