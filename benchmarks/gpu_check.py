@@ -27,7 +27,7 @@ sections. `--smoke` runs all of it on a CPU at toy sizes (fp16 through CPU autoc
 CPU backend); what no CPU can run in any form is written as "skipped: needs CUDA".
 
     python benchmarks/gpu_check.py                                  # on the GPU machine -> benchmarks/results/gpu.json
-    python benchmarks/gpu_check.py --smoke --json /tmp/gpu.json     # anywhere, ~2 minutes on 2 busy cores
+    python benchmarks/gpu_check.py --smoke --json /tmp/gpu.json     # anywhere: 16 minutes on 2 cores at load 14
 """
 from __future__ import annotations
 
@@ -905,7 +905,7 @@ def skipped(node, path: str = "") -> list[str]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--smoke", action="store_true", help="all of it at toy sizes on the CPU (default: off; ~2 minutes)")
+    p.add_argument("--smoke", action="store_true", help="all of it at toy sizes on the CPU (default: off; minutes: benchmarks/README.md)")
     p.add_argument("--out", type=Path, help="work folder for the data and the runs (default: a temporary folder)")
     p.add_argument("--json", metavar="FILE", help="results file (default: benchmarks/results/gpu.json on a GPU; "
                    "with --smoke a file in the work folder)")
