@@ -130,7 +130,7 @@ FULL = Sizes("cuda", "resnet50d", None, "inductor", "fp16",
 # One thread per process on the CPU: on a shared, busy machine torch's threaded kernels were 10x slower.
 SMOKE = Sizes("cpu", "resnet10d", 1, "eager", "fp32",
               32, 4, 64, 2, 32, 2, False, (32, 56), 48,
-              32, 4, 64, 2, 32, 2, 1, 2, 100, 40, (40, 64), 300, ("pretrain",))
+              32, 4, 64, 2, 32, 2, 1, 2, 100, 40, (40, 64), 1200, ("pretrain",))
 
 
 # ---- data -----------------------------------------------------------------------------------------------------
@@ -824,7 +824,8 @@ class Ranks:
     def __init__(self, sizes: Sizes, data: Data, smoke: bool):
         from concurrent.futures import ThreadPoolExecutor
         self.sizes, self.data, self.smoke, self.started = sizes, data, smoke, time.perf_counter()
-        self.pool = ThreadPoolExecutor(len(STAGES))
+        # on a CPU two stages at a time: 8 processes importing torch at once on 2 busy cores took over 300 s to start
+        self.pool = ThreadPoolExecutor(len(STAGES) if sizes.device == "cuda" else 2)
         self.jobs = {stage: self.pool.submit(self.stop_and_resume, stage) for stage in STAGES}
 
     def stop_and_resume(self, stage: str) -> dict:
