@@ -198,6 +198,8 @@ def render_gpu(path: str) -> str:
                             f"{r['grad_norm']:.1e}, weight change {r['weight_change']:.1e} (tolerance "
                             f"{r['tolerance']['loss']:g} / {r['tolerance']['grad_norm']:g} / "
                             f"{r['tolerance']['weight_change']:g}; {r['skipped_steps']} skipped) | {_pass(r['ok'])} |")
+            elif isinstance(r, str) and p in ("fp32", "bf16", "fp16"):
+                rows.append(f"| (a) correctness vs CPU fp32 | {stage} {p} | {r} | - |")
     if "device_pipeline" in c:
         r = c["device_pipeline"]
         rows.append(f"| (a) device pipeline | {r['device']} vs CPU | max diff {r['max_abs_diff']:.1e} (tolerance "
@@ -210,6 +212,14 @@ def render_gpu(path: str) -> str:
         else:
             rows.append(f"| (a) DALI | - | {r} | - |")
     for stage, r in data.get("overflow", {}).items():
+        if not isinstance(r, dict):
+            rows.append(f"| (b) inf loss on step 0, fp16 | {stage} | {r} | - |")
+            continue
+        cuda = r.get("cuda_options_on_cpu")
+        if cuda:
+            rows.append(f"| (b) inf loss on step 0, fp16 | {stage}, the CUDA options {cuda['optimizer_options']} on "
+                        f"the CPU | finite {cuda['finite']}, vs foreach {cuda['rel_diff_to_foreach']:.1e} | "
+                        f"{_pass(cuda['ok'])} |")
         rows.append(f"| (b) inf loss on step 0, fp16 | {stage} {r['optimizer_options']} | finite {r['finite']}, "
                     f"max abs weight {r['max_abs_weight']:.3g}, vs foreach {r['rel_diff_to_foreach']:.1e} | {_pass(r['ok'])} |")
     audit = data.get("sync_audit", {})
@@ -219,7 +229,8 @@ def render_gpu(path: str) -> str:
                         f"{r['evaluation']['syncs']} in one evaluation | {_pass(r['run_ok'])} |")
     for name, r in data.get("evaluation", {}).items():
         rows.append(f"| (d) evaluation, 30 variable-size images | {name} | {r['seconds']:.2f} s, "
-                    f"{r['images_per_second']:.2f} img/s, peak memory {r['peak_memory_gib']} GiB | - |")
+                    f"{r['images_per_second']:.2f} img/s, peak memory "
+                    f"{r['peak_memory_gib'] if isinstance(r['peak_memory_gib'], str) else str(r['peak_memory_gib']) + ' GiB'} | - |")
     for name, r in data.get("loaders", {}).items():
         rows.append(f"| (e) loader alone, {r['batches']} batches of {r['batch']} | {name} ({r['workers']} workers) | "
                     f"{r['images_per_second']:.1f} img/s | - |")

@@ -120,6 +120,11 @@ def test_smoke_mode_runs_every_section_on_a_cpu(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / "gpu_check.py"), "--smoke", "--json", str(out),
                            "--out", str(tmp_path / "work")], capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    check_smoke_results(out)
+
+
+def check_smoke_results(out: Path) -> None:
+    """What a --smoke run's JSON must hold (also run by hand on a kept file: python -c 'import ...')."""
     data = json.loads(out.read_text())
     meta = data["meta"]
     assert set(gpu_check.SECTIONS) <= set(data) and meta["failed"] == [] and meta["smoke"]
