@@ -17,15 +17,10 @@ _TASK: tuple | None = None  # (fn, items) for the forked workers, set only while
 
 def wanted(n_items: int, min_items: int = 512) -> int:
     """Processes for a pass over `n_items`: this process's thread budget (train.threads, set before the checks),
-    and 1 (threads in this process) for a pass too small to repay the forks, or off Linux (fork is Linux's safe
-    default start method only)."""
-    import sys
-
+    and 1 (threads in this process) for a pass too small to repay the forks."""
     import torch
 
-    if n_items < min_items or not sys.platform.startswith("linux"):
-        return 1
-    return max(1, torch.get_num_threads())
+    return max(1, torch.get_num_threads()) if n_items >= min_items else 1
 
 
 def _init_worker() -> None:
