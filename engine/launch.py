@@ -40,20 +40,16 @@ def die_with_parent(environ=os.environ) -> int | None:
     sig = environ.pop(DEATH_SIGNAL_ENV, None)
     if parent is None and "TORCHELASTIC_RUN_ID" in environ:  # a worker of a torchrun the user started
         sig = str(int(signal.SIGKILL))
-    if sig is None or not parent_death_signal(int(sig)):
+    if sig is None or not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
         return None
     if parent is not None and os.getppid() != int(parent):
         os.kill(os.getpid(), int(sig))
     return int(sig)
-
-
-def parent_death_signal(sig: int) -> bool:
-    """Ask Linux to send `sig` to this process when its parent (the thread that forked it) ends; False elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
 
 
 def bot_argv() -> list[str]:

@@ -335,7 +335,7 @@ def label_counts(pairs: list, source: SegSource, ctx: DistContext | None = None)
     torchrun each rank counts its share and the counts are summed over ranks (each pixel counted once)."""
     ctx = ctx or DistContext()
     k = source.num_classes
-    mine = check_shard(lambda pair: train_pair_counts(pair, source), list(pairs), ctx, processes=None)
+    mine = check_shard(lambda pair: train_pair_counts(pair, source), list(pairs), ctx)
     local = np.sum(mine, axis=0, dtype=np.int64) if mine else np.zeros(k + 1, np.int64)
     return all_reduce_int(local, ctx).numpy()
 
@@ -391,7 +391,7 @@ def check_splits(source: SegSource, train_pairs: list, val_pairs: list, ctx: Dis
         problem = label_problem(counts, source)
         if problem:
             raise BotError(f"{source.folders(source.splits[0])[1]}: {problem}")
-        check_shard(lambda pair: check_val_pair(pair, source), list(val_pairs), ctx, processes=None)
+        check_shard(lambda pair: check_val_pair(pair, source), list(val_pairs), ctx)
         return {"counts": counts.tolist()}
 
     payload, cached = check_cache.cached_pass(cache, files, depends_on, compute, ctx)
