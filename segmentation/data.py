@@ -19,11 +19,11 @@ warning.
 
 Start-up cost at full size (ADE20K: 20,210 training masks): a mask is counted from its 256-bin histogram (Pillow's,
 of the decoded 8-bit mask: no int64 copy), the label mapping applied to the 256 bins, not to the pixels; under
-torchrun each rank checks its share of the files and the counts are summed; the result is kept in the run
-directory (`data_check.json`, engine/check_cache.py), so a restart skips the pass while no file changed. Per mask
-(683x512, CPU time): PNG inflate about half, the histogram a sixth, the rest (headers, Python) holds the GIL; forked check processes
-instead of the threads measured slower (1.2-1.9x, benchmarks/startup.py on a loaded 2-core machine) and were
-dropped.
+torchrun each rank checks its share of the files and the counts are summed; the result is kept in the run directory
+(`data_check.json`, engine/check_cache.py), so a restart skips the pass while no file changed. Per mask (683x512,
+CPU time): PNG inflate about half, the histogram a sixth, the rest (headers, Python) holds the GIL; forked check
+processes instead of the threads measured slower (1.2-1.9x, benchmarks/startup.py on a loaded 2-core machine) and
+were dropped.
 """
 from __future__ import annotations
 
