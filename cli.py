@@ -46,6 +46,9 @@ def run_training_stage(nproc: int, entry: str, **options) -> None:
     from bot.engine.loop import Interrupted
 
     if nproc > 1:
+        from bot.engine.distributed import pick_device
+        if str(options.get("device") or "").startswith("cuda:"):  # one line here, not one per rank after start-up
+            pick_device(options["device"], world_size=nproc)
         sys.exit(relaunch_with_torchrun(nproc))
     module, function = entry.split(":")
     try:
