@@ -23,6 +23,8 @@ import torch
 import yaml
 
 from . import distributed as dist
+from . import threads
+from .shared_dir import check_shared
 from .config import apply_options, apply_sets, migrate
 from .errors import BotError, first_line
 from .loop import fit, restore_state
@@ -272,7 +274,7 @@ class Session:
         """summary.json, written last and atomically by rank 0: the stage's fields plus the ones every stage shares."""
         full = {"task": self.stage.task, **summary, "epochs": self.cfg["train"]["epochs"],
                 "wall_seconds": self.wall_seconds(), "images_per_second": fit_result["images_per_second"],
-                "versions": versions()}
+                "threads": torch.get_num_threads(), "versions": versions()}
         self.run.write_summary(full)
         return full
 
@@ -301,6 +303,7 @@ def run_config(stage: StageDef, train: Callable[[Session], dict], cfg: dict, out
     """Run `train(session)` on a resolved config: checks, run-dir policy, lock, process group; returns the summary."""
     validate(cfg, stage.schema())
     check_tensorboard(cfg["train"].get("tensorboard", "auto"))
+    cfg["train"]["threads"] = threads.resolve(cfg["train"].get("threads", "auto"))  # recorded in config.yaml
     out = Path(out)
     run = RunDir(out, enabled=False)
     if resume and run.finished():
@@ -319,8 +322,10 @@ def run_config(stage: StageDef, train: Callable[[Session], dict], cfg: dict, out
     with RunLock(out, enabled=rank == 0):
         if rank == 0:
             remove_temporaries(out)
+        threads.apply(cfg["train"]["threads"])
         ctx = dist.setup(cfg["train"]["device"])
         try:
+            check_shared(out, ctx)
             session = Session(stage, cfg, out, resume, ctx, RunDir(out, enabled=ctx.is_main), on_step=on_step)
             try:
                 return train(session)
