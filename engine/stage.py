@@ -274,7 +274,7 @@ class Session:
         """summary.json, written last and atomically by rank 0: the stage's fields plus the ones every stage shares."""
         full = {"task": self.stage.task, **summary, "epochs": self.cfg["train"]["epochs"],
                 "wall_seconds": self.wall_seconds(), "images_per_second": fit_result["images_per_second"],
-                "threads": torch.get_num_threads(), "versions": versions()}
+                "threads": torch.get_num_threads(), "workers": self.cfg["data"]["workers"], "versions": versions()}
         self.run.write_summary(full)
         return full
 
@@ -304,6 +304,7 @@ def run_config(stage: StageDef, train: Callable[[Session], dict], cfg: dict, out
     validate(cfg, stage.schema())
     check_tensorboard(cfg["train"].get("tensorboard", "auto"))
     cfg["train"]["threads"] = threads.resolve(cfg["train"].get("threads", "auto"))  # recorded in config.yaml
+    cfg["data"]["workers"] = threads.resolve_workers(cfg["data"].get("workers", "auto"), cfg["train"]["device"])
     out = Path(out)
     run = RunDir(out, enabled=False)
     if resume and run.finished():
