@@ -1,8 +1,11 @@
 """What the benchmark scripts share: medians of interleaved rounds, bot's loop against a bare loop, the `--json FILE`
-results file ({measurement: {"baseline", "bot", "ratio", "unit", ...}}), and, run as a script, the README's
-performance table rendered from such files:
+results file ({measurement: {"baseline", "bot", "ratio", "unit", ...}}), and, run as a script, the performance
+table of docs/performance.md rendered from such files:
 
-    python benchmarks/results.py --json runs/bench/pretrain.json --json runs/bench/segment.json [--readme README.md]
+    python benchmarks/results.py                     # the committed results/*.json into docs/performance.md
+    python benchmarks/results.py --json runs/gpu_check.json [--into FILE]   # print other results (or write them)
+
+Rerun the first after committing a new results file; tests/test_docs.py fails while the page's table differs.
 """
 from __future__ import annotations
 
@@ -147,26 +150,42 @@ def render(files: list[str]) -> str:
 
 
 START, END = "<!-- performance table: python benchmarks/results.py -->", "<!-- end of performance table -->"
+REPO = Path(__file__).resolve().parents[1]
+# The page whose table the committed results render into, and those results, in the table's order.
+PERFORMANCE_PAGE = REPO / "docs" / "performance.md"
+COMMITTED_RESULTS = [REPO / "benchmarks" / "results" / f"{name}.json" for name in ("pretrain", "segment", "detect", "bootstrap")]
 
 
-def replace_table(readme: Path, table: str) -> None:
-    """Put `table` between the README's two marker lines (both must be there, in order)."""
-    text = readme.read_text()
+def table_in(page: Path) -> str:
+    """The table between `page`'s two marker lines (both must be there, in order)."""
+    text = page.read_text()
     if START not in text or END not in text or text.index(START) > text.index(END):
-        raise SystemExit(f"error: {readme}: needs the marker lines {START!r} and {END!r}, in that order")
+        raise SystemExit(f"error: {page}: needs the marker lines {START!r} and {END!r}, in that order")
+    return text.split(START, 1)[1].split(END, 1)[0].strip("\n")
+
+
+def replace_table(page: Path, table: str) -> None:
+    """Put `table` between the page's two marker lines (both must be there, in order)."""
+    table_in(page)  # checks the markers
+    text = page.read_text()
     head, rest = text.split(START, 1)
-    readme.write_text(head + START + "\n" + table + "\n" + END + rest.split(END, 1)[1])
-    print(f"wrote the table into {readme}")
+    page.write_text(head + START + "\n" + table + "\n" + END + rest.split(END, 1)[1])
+    print(f"wrote the table into {page}")
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description="Render the performance table (Markdown) from benchmark JSON files.")
-    p.add_argument("--json", metavar="FILE", action="append", required=True, help="a results file (repeatable)")
-    p.add_argument("--readme", type=Path, help="write the table into this file, between its marker lines")
+    p = argparse.ArgumentParser(description="Render the performance table (Markdown) from benchmark JSON files. "
+                                            "Without --json: the committed results into docs/performance.md.")
+    p.add_argument("--json", metavar="FILE", action="append", help="a results file (repeatable; default: the "
+                   "committed benchmarks/results/{pretrain,segment,detect,bootstrap}.json)")
+    p.add_argument("--into", "--readme", dest="into", type=Path, help="write the table into this file, between "
+                   "its marker lines (default without --json: docs/performance.md; with --json: print it)")
     args = p.parse_args()
-    table = render(args.json)
-    if args.readme:
-        replace_table(args.readme, table)
+    files = args.json or [str(f) for f in COMMITTED_RESULTS]
+    into = args.into or (None if args.json else PERFORMANCE_PAGE)
+    table = render(files)
+    if into:
+        replace_table(into, table)
     else:
         print(table)
 

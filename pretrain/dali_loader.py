@@ -16,7 +16,7 @@ How a batch is made:
   (N, 3, S, S) crops that engine.device_pipeline lights and normalises as it does the default loader's. The
   pipeline runs `PREFETCH` batches ahead of the training step.
 
-The pixels differ where DALI's kernels differ from torchvision's (README, "Input pipeline"): the resize filter,
+The pixels differ where DALI's kernels differ from torchvision's (docs/pretrain.md, "Input pipeline"): the resize filter,
 jitter applied in one fixed order (torchvision permutes it per sample) and contrast pivoting on mid-grey rather
 than the image's mean grey. Validation keeps the default loader.
 """

@@ -1,5 +1,5 @@
 """benchmarks/gpu_check.py: its --smoke mode end to end (the stages as processes, the measurements in-process, the
---json file), its pass/fail rule for a stage run, and the README table rendered from its JSON."""
+--json file), its pass/fail rule for a stage run, and the docs/performance.md table rendered from its JSON."""
 import importlib.util
 import json
 import math
