@@ -102,7 +102,7 @@ def main():
 @click.option("--image-size", type=int, help="Training crop side in px; validation resizes the short side to size x 256/224 "
                                              "and centre-crops it (default: 224; 32 on the synthetic default).")
 @click.option("--loader", help="Training input pipeline: torch (default; DataLoader workers) or dali "
-                               "(NVIDIA DALI decoding on the GPU; pip install 'bot[dali]').")
+                               "(NVIDIA DALI decoding on the GPU, --workers reader processes; pip install 'bot[dali]').")
 @training_options
 @click.option("--teacher", help="Distillation teacher: a pretrain run dir, any ResNet weights file (see `bot inspect`) or "
                                "timm:NAME (default: none; the distillation recipes need one).")
