@@ -57,11 +57,24 @@ def setup(requested_device: str | None = None) -> DistContext:
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True  # fixed input sizes (crops): let cuDNN pick its fastest kernels
     if world_size > 1 and not dist.is_initialized():
-        if device.type == "cuda":  # bound to its GPU: NCCL connects eagerly and never guesses the device
-            dist.init_process_group(backend="nccl", device_id=device)
+        backend = backend_for(device)
+        if backend == "nccl":  # bound to its GPU: NCCL connects eagerly and never guesses the device
+            dist.init_process_group(backend=backend, device_id=device)
         else:
-            dist.init_process_group(backend="gloo")
+            dist.init_process_group(backend=backend)
     return DistContext(rank, world_size, local_rank, device)
+
+
+BACKENDS = ("nccl", "gloo")
+
+
+def backend_for(device: torch.device) -> str:
+    """NCCL on GPUs, gloo on CPUs; $BOT_DIST_BACKEND overrides it (gloo puts 2 ranks on one GPU, which NCCL
+    refuses: benchmarks/gpu_check.py's 2-rank check on a one-GPU machine)."""
+    override = os.environ.get("BOT_DIST_BACKEND", "").strip()
+    if override and override not in BACKENDS:
+        raise BotError(f"BOT_DIST_BACKEND={override!r}: use one of {', '.join(BACKENDS)}")
+    return override or ("nccl" if device.type == "cuda" else "gloo")
 
 
 def cleanup() -> None:
