@@ -99,7 +99,9 @@ def load_run_model(run: Path, config: dict):
     arch = (summary.get("backbone") or {}).get("arch") or config["model"]["arch"]
     m = config["model"]
     model, _ = build_model(arch, m["head"], config["data"]["num_classes"], aux=m["aux"], output_stride=m["output_stride"],
-                           norm=m["norm"], quiet_random=True)
+                           norm=m["norm"], quiet_random=True,
+                           # runs saved before the key existed were trained and scored with timm's pool
+                           dilated_shortcut=m.get("dilated_shortcut", "timm"))
     try:
         state = load_tensors(weights)
         model.load_state_dict(state, strict=True)
