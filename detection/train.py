@@ -39,9 +39,19 @@ def defaults(options: dict, sets=()) -> dict:
     cfg = load_yaml(HERE / "defaults.yaml")
     if parse_spec(given(options, sets, "data.spec"))[0] == "synthetic":
         overlay(cfg, load_yaml(HERE / "synthetic.yaml"), HERE / "synthetic.yaml")
-    if options.get("data.min_size") is not None and options.get("data.max_size") is None:
-        options["data.max_size"] = round(options["data.min_size"] * 1000 / 600)  # the reference 600/1000 ratio
+    keep_long_side_ratio(cfg, given(options, sets, "data.min_size"), given(options, sets, "data.max_size"))
     return cfg
+
+
+LONG_SIDE_RATIO = 1000 / 600  # GluonCV's VOC short/long sides, 600 and 1000 (faster_rcnn.py: short=600, max_size=1000)
+
+
+def keep_long_side_ratio(cfg: dict, min_size, max_size) -> None:
+    """A short side given without a long side (by --image-size or --set data.min_size) moves the long side cap with
+    it, at the reference 600/1000 ratio (800 -> 1333, GluonCV's COCO pair); a long side given too is the user's.
+    Values of the wrong type are left for the schema check to refuse."""
+    if isinstance(min_size, int) and not isinstance(min_size, bool) and max_size is None:
+        cfg["data"]["max_size"] = round(min_size * LONG_SIDE_RATIO)
 
 
 def schema() -> dict:
@@ -96,6 +106,12 @@ def run_finetune(cfg: dict, out: str | Path, resume: bool = False, on_step=None)
     return run_config(STAGE, train_session, cfg, Path(out), resume, on_step)
 
 
+def train_lr(t: dict) -> float:
+    """The lr the optimiser starts from (before warmup): train.lr if given, else train.base_lr per train.base_batch
+    images scaled linearly to train.batch_size (VOC: GluonCV's published run, 0.001 at 4 images, defaults.yaml)."""
+    return t["lr"] if t["lr"] is not None else scaled_lr(t["base_lr"], t["batch_size"], t["base_batch"])
+
+
 def compile_trunk(model, backend) -> None:
     """`--compile` for a detector: the backbone (with the FPN) and the box head compiled in place with dynamic
     shapes; the RPN, the RoI sampling, RoIAlign and NMS stay eager. Compiling the whole detector (what the other
@@ -147,7 +163,7 @@ def train_session(session: Session) -> dict:
     if steps_per_epoch == 0:
         raise BotError(f"{root}: {len(train_ds)} training images make no batch of {t['batch_size']}")
 
-    lr = t["lr"] if t["lr"] is not None else scaled_lr(t["base_lr"], t["batch_size"], t["base_batch"])
+    lr = train_lr(t)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=t["momentum"], weight_decay=t["weight_decay"],
                                 **session.optimizer_options())

@@ -194,3 +194,28 @@ def test_integer_ids_in_results_are_an_alias_of_numeric_stems_only_when_unambigu
     dets.write_text(json.dumps([{"image_id": 5, "category_id": 1, "bbox": [0, 0, 10, 10], "score": .9}]))
     res = evaluate(base)  # 5 could be 000005 or 0005
     assert res.exit_code == 2 and "detection 0 image_id 5 could be any of 000005, 0005: give the file stem" in res.output
+
+
+@pytest.mark.parametrize("how", ["set", "option"])
+def test_a_short_side_given_either_way_keeps_the_600_1000_ratio(tmp_path, how):
+    """--set data.min_size=800 moves the long side cap to 1333 as --image-size 800 does (GluonCV's COCO pair); an
+    explicit long side is kept."""
+    from bot.detection.train import resolve_config
+
+    y = tmp_path / "VOC2007"
+    write_devkit(tmp_path, {"000001": [obj("dog", (1, 1, 10, 10))]})
+    Image.new("RGB", (40, 10)).save(y / "JPEGImages" / "000001.jpg")  # 4:1, so the long side cap decides
+    (y / "Annotations" / "000001.xml").write_text(
+        f"<annotation><size><width>40</width><height>10</height></size>{obj('dog', (1, 1, 10, 10))}</annotation>")
+    options = {"backbone": "resnet18d", "data": f"voc:{tmp_path}"}
+    cfg = (resolve_config(options, ["data.min_size=800"]) if how == "set"
+           else resolve_config({**options, "image_size": 800}))
+    d = cfg["data"]
+    assert (d["min_size"], d["max_size"]) == (800, 1333)
+    img, _ = DetectionDataset(load_voc(tmp_path, "2007-test"), train=False, min_size=d["min_size"],
+                              max_size=d["max_size"], flip_p=0.0)[(0, 0)]
+    assert max(img.shape[1:]) == 1333
+    assert resolve_config(options, ["data.min_size=800", "data.max_size=1200"])["data"]["max_size"] == 1200
+    assert resolve_config({**options, "image_size": 800, "max_size": 900})["data"]["max_size"] == 900
+    with pytest.raises(BotError, match="--max-size 700: smaller than"):
+        resolve_config(options, ["data.min_size=800", "data.max_size=700"])
