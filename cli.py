@@ -9,7 +9,13 @@ from bot.engine.errors import BotError, one_line
 
 
 class BotGroup(click.Group):
-    """Turns a BotError (bad input) into one line on stderr and exit code 2, wherever it was raised."""
+    """Turns a BotError (bad input) into one line on stderr and exit code 2, wherever it was raised; keeps the
+    arguments as typed, for messages that suggest a command to paste (engine/launch.py's restart_command)."""
+
+    def parse_args(self, ctx, args):
+        from bot.engine.launch import remember_argv
+        remember_argv(args)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx):
         try:
@@ -29,7 +35,12 @@ SHARED_TRAINING_OPTIONS = [
                       "the cores per local process less one, at most 16; 4 on a CPU; 0 on the synthetic defaults)."),
     click.option("--seed", type=int, help="Seed of initialisation, data order and every augmentation draw (default: 0)."),
     click.option("--compile/--no-compile", "compile", default=None, help="torch.compile the network with inductor (default: off; --set train.compile=BACKEND picks another backend)."),
-    click.option("--resume", is_flag=True, help="Continue the interrupted run in --out."),
+    click.option("--resume", type=click.Choice(["auto", "must"]), is_flag=False, flag_value="must", default=None,
+                 help="`--resume auto`: one command line for a first start and every restart: start the run in --out "
+                      "if it holds none, continue it if unfinished, report it (exit 0) if finished. `--resume` alone "
+                      "(= must): continue the unfinished run in --out, an error if there is none. Options equal to "
+                      "the run's own are accepted beside either. Default: no resume (a folder holding a run is "
+                      "refused)."),
     click.option("--nproc", type=int, default=1, show_default=True, help="Processes to launch on this machine under torchrun, e.g. one per GPU (1: run in this process)."),
 ]
 
@@ -59,7 +70,7 @@ def run_training_stage(nproc: int, entry: str, **options) -> None:
     (`module:function`); a requested stop (Ctrl-C, SIGTERM) exits 130 after the stage saved its resume state."""
     import importlib
 
-    from bot.engine.launch import relaunch_with_torchrun
+    from bot.engine.launch import relaunch_with_torchrun, restart_command
     from bot.engine.loop import Interrupted
 
     if nproc > 1:
@@ -71,7 +82,7 @@ def run_training_stage(nproc: int, entry: str, **options) -> None:
     try:
         getattr(importlib.import_module(module), function)(**options)
     except Interrupted as e:
-        click.echo(f"interrupted: {e}; continue with --resume", err=True)
+        click.echo(f"interrupted: {e}; continue with: {restart_command()}", err=True)
         sys.exit(130)
 
 

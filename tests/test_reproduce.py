@@ -63,7 +63,7 @@ def test_demo_scale_plan(tmp_path):
     assert (arg(steps[4], "--arch"), arg(steps[4], "--epochs")) == ("resnet10d", "17")  # mixup: 200/120
     assert arg(steps[4], "--teacher") == str(tmp_path / "pretrain" / "resnet152d-teacher")
     assert "--teacher" not in steps[1].args and "--data" not in steps[2].args
-    assert steps[2].argv(resume=False)[len(bot_argv())] == "finetune-detect" and arg(steps[3], "--epochs") == "12"
+    assert steps[2].argv()[len(bot_argv())] == "finetune-detect" and arg(steps[3], "--epochs") == "12"
 
 
 def test_plan_with_data_paths_and_nproc(tmp_path):
