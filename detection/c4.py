@@ -13,13 +13,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
 
 from bot.engine.errors import BotError
 from bot.pretrain.weights import BackboneInfo, load_backbone
 
+from .c4_parts import BorderRPN, C4RoIHeads, OffsetAnchorGenerator
 from .stages import set_trainable
 
 REFERENCE_SHORT_SIDE = 600  # GluonCV's VOC short side: anchor sizes and rpn_min_size are given at this size
@@ -84,7 +84,8 @@ def build_c4(backbone, num_classes: int, cfg: dict, min_size: int, max_size: int
         raise BotError(f"{info.arch}: layer3 is at stride {trunk.stride}, the C4 detector needs 16")
     head_channels = net.feature_info[4]["num_chs"]
     ratios = tuple(float(r) for r in cfg["aspect_ratios"])
-    anchors = AnchorGenerator((c4_anchor_sizes(cfg["anchor_sizes"], min_size),), (ratios,))
+    anchors = OffsetAnchorGenerator((c4_anchor_sizes(cfg["anchor_sizes"], min_size),), (ratios,),
+                                    offset=float(cfg["anchor_offset"]))
     roi = int(cfg["roi_size"])
     model = FasterRCNN(
         trunk, box_roi_pool=MultiScaleRoIAlign(["0"], roi, int(cfg["roi_sampling_ratio"])),
@@ -101,8 +102,32 @@ def build_c4(backbone, num_classes: int, cfg: dict, min_size: int, max_size: int
         box_nms_thresh=float(cfg["box_nms_thresh"]),
         box_score_thresh=float(cfg["box_score_thresh"]),
         box_detections_per_img=int(cfg["box_detections_per_img"]))
+    gluoncv_parts(model, cfg)
     # torchvision drops proposals under 1e-3 px; GluonCV under rpn_min_size (16 px at 600), scaled like the anchors
     model.rpn.min_size = scaled([float(cfg["rpn_min_size"])], min_size)[0]
     if norm == "syncbn" and torch.distributed.is_available() and torch.distributed.is_initialized():
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model, info
+
+
+def gluoncv_parts(model: FasterRCNN, cfg: dict) -> None:
+    """Swap in the RPN and RoI heads of detection/c4_parts.py, built from the very modules and settings FasterRCNN
+    just made (the state dict keeps its keys), and initialise the predictor as GluonCV does."""
+    rpn, rh = model.rpn, model.roi_heads
+    model.rpn = BorderRPN(rpn.anchor_generator, rpn.head, rpn.proposal_matcher.high_threshold,
+                          rpn.proposal_matcher.low_threshold, rpn.fg_bg_sampler.batch_size_per_image,
+                          rpn.fg_bg_sampler.positive_fraction, rpn._pre_nms_top_n, rpn._post_nms_top_n,
+                          rpn.nms_thresh, rpn.score_thresh)
+    model.rpn.ignore_border = bool(cfg["rpn_ignore_border"])
+    model.roi_heads = C4RoIHeads(rh.box_roi_pool, rh.box_head, rh.box_predictor, rh.proposal_matcher.high_threshold,
+                                 rh.proposal_matcher.low_threshold, rh.fg_bg_sampler.batch_size_per_image,
+                                 rh.fg_bg_sampler.positive_fraction, rh.box_coder.weights, rh.score_thresh,
+                                 rh.nms_thresh, rh.detections_per_img)
+    model.roi_heads.per_class_topk = int(cfg["box_per_class_topk"])
+    model.roi_heads.box_loss_beta = float(cfg["box_loss_beta"])
+    std = cfg["predictor_init_std"]
+    if std != "torchvision":
+        predictor = model.roi_heads.box_predictor
+        for layer, s in zip((predictor.cls_score, predictor.bbox_pred), std):
+            nn.init.normal_(layer.weight, std=float(s))
+            nn.init.zeros_(layer.bias)

@@ -128,6 +128,12 @@ def fp32_head_outputs(model: FasterRCNN) -> FasterRCNN:
     return model
 
 
+# model.c4 keys added after detectors were first saved, at the values those detectors were built with: a saved C4
+# detector whose config lacks one is rebuilt as it was trained (torchvision's anchors and test-time selection)
+C4_BEFORE = {"box_per_class_topk": 0, "box_loss_beta": 1 / 9, "predictor_init_std": "torchvision",
+             "anchor_offset": 0.0, "rpn_ignore_border": False}
+
+
 def c4_config(cfg: dict) -> dict:
     """The `model.c4` block, defaults.yaml's values under whatever the config sets."""
     from bot.engine.config import load_yaml
@@ -194,6 +200,8 @@ def load_detector(source: str | Path) -> tuple[FasterRCNN, dict]:
     missing = [k for k in ("backbone", "classes", "model", "min_size", "max_size", "mean", "std") if k not in meta]
     if missing:
         raise BotError(f"{path}: detector metadata lacks {missing[0]!r}")
+    if meta["model"].get("detector") == "c4":
+        meta["model"]["c4"] = {**C4_BEFORE, **(meta["model"].get("c4") or {})}
     b = meta["backbone"]
     info = BackboneInfo(arch=b["arch"], variant=b["variant"], recipe=b["recipe"], sha256=b["sha256"], source=b["source"],
                         top1=b.get("top1"), mean=tuple(meta["mean"]), std=tuple(meta["std"]),

