@@ -21,13 +21,13 @@ from pathlib import Path
 from rich.console import Console
 
 from bot.engine.errors import BotError
-from bot.engine.launch import bot_argv
+from bot.engine.launch import bot_argv, child_env
 
 from .live import LiveView
 
 DEFAULT_RECIPES = "resnet50b-standard,resnet50d"  # the first two rows of the paper's ladder (Tables 8 and 9)
 # Demo scale, chosen to finish under 10 minutes on a quiet 2-core machine with both stage runs side by side
-# (measured 7.6 minutes, README "The demo"): the recipe's ResNet variant at depth 10 (one block per stage; 1.6x the
+# (measured 7.6 minutes, docs/compare.md, "The demo"): the recipe's ResNet variant at depth 10 (one block per stage; 1.6x the
 # images/s of depth 18 and the same top-1 per epoch here), 10 pretrain epochs per 120 of the recipe's (mixup's
 # 200 -> 17), detection 6 of its 8 synthetic epochs, segmentation 12 epochs at batch 8 (more steps than 20 at
 # batch 16 in fewer images; after 8 epochs at batch 16 both segmenters still predicted almost only background).
@@ -170,7 +170,10 @@ def plan(recipes: list[str], out: Path, *, depth: int = DEMO_DEPTH, teacher: str
                     *DEMO_ARGS["pretrain"], *seed_args]
             if "teacher" in recipe_info(recipe)["requires"]:
                 if not teacher:
-                    raise BotError(f"--recipes: {recipe!r} distils from a teacher; give --teacher RUN_DIR|FILE.safetensors")
+                    raise BotError(f"--recipes: {recipe!r} distils from a teacher; give --teacher RUN_DIR|FILE.safetensors "
+                                   f"(a demo-scale teacher: bot pretrain --recipe resnet152d-teacher --arch resnet34d "
+                                   f"--epochs {demo_epochs('resnet152d-teacher')} --out runs/demo-teacher; "
+                                   f"then add --teacher runs/demo-teacher)")
                 args += ["--teacher", str(teacher)]
             steps.append(Step("pretrain", name, pre, args + list(extra.get("pretrain", [])), seed))
             for stage in ("finetune-detect", "finetune-seg"):
@@ -181,7 +184,9 @@ def plan(recipes: list[str], out: Path, *, depth: int = DEMO_DEPTH, teacher: str
 
 def run_subprocess(argv: list[str], log: Path | None = None, threads: int | None = None) -> int:
     """Run one stage command; with `log`, its output goes to that file (parallel runs would interleave on a terminal)."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
+    env = dict(os.environ, **child_env())  # the stage stops (SIGTERM: it saves its resume state) if we die
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     if log is None:
         return subprocess.run(argv, env=env).returncode
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -198,11 +203,23 @@ def dependencies(steps: list[Step]) -> dict[int, set[int]]:
     return deps
 
 
-def run_steps(steps: list[Step], runner=run_subprocess, jobs: int = 1, view: LiveView | None = None
-              ) -> list[tuple[Step, str, float]]:
+def command_line(command: str, options: dict, defaults: dict) -> str:
+    """`bot COMMAND --flag value ...` for the options that differ from `defaults`, quoted for a POSIX shell: what a
+    message prints for the user to paste (the same run again)."""
+    argv = ["bot", command]
+    for name, value in options.items():
+        if value is None or value == defaults.get(name) or value is False:
+            continue
+        flag = "--" + name.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    return shlex.join(argv)
+
+
+def run_steps(steps: list[Step], runner=run_subprocess, jobs: int = 1, view: LiveView | None = None,
+              again: str = "bot demo") -> list[tuple[Step, str, float]]:
     """Run each step that is not finished, up to `jobs` at once (each when the runs it loads are done), each with
     its output in a log file beside its run directory, shown in one live view (compare/live.py); stop starting new
-    ones at the first failure and raise a BotError naming the run."""
+    ones at the first failure and raise a BotError naming the run and `again`, the command that resumes it all."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     deps = dependencies(steps)
@@ -234,7 +251,7 @@ def run_steps(steps: list[Step], runner=run_subprocess, jobs: int = 1, view: Liv
             for line in tail:
                 view.say(f"  | {line}")
             failed.append(f"{step.out}: `bot {step.stage}` {hint}; see {log}. "
-                          f"Run `bot demo` again with the same --out to resume")
+                          f"To resume (finished runs are skipped): {again}")
             return
         view.finished(entry, "done", seconds)
         results[i] = (step, "resumed" if state == "resume" else "ran", seconds)
@@ -274,8 +291,13 @@ def run_demo(*, recipes: str = DEFAULT_RECIPES, out: str | Path = "runs/demo", d
     t0 = time.time()
     console.print(f"[bold]bot demo[/]: {len(names)} recipes ({', '.join(names)}) x pretrain, detection, "
                   f"segmentation{f' x {seeds} seeds' if seeds > 1 else ''} -> {out}")
+    again = command_line("demo", {"out": out, "recipes": recipes, "depth": depth, "teacher": teacher,
+                                  "pretrain_args": pretrain_args, "detect_args": detect_args,
+                                  "segment_args": segment_args, "baseline": baseline, "jobs": jobs, "seeds": seeds},
+                         {"recipes": DEFAULT_RECIPES, "depth": DEMO_DEPTH, "pretrain_args": "", "detect_args": "",
+                          "segment_args": "", "seeds": 1})
     jobs = jobs or min(2, os.cpu_count() or 1)
-    done = run_steps(steps, runner, jobs)
+    done = run_steps(steps, runner, jobs, again=again)
     times = ", ".join(f"{s.stage} {s.recipe} {sec:.0f} s" for s, how, sec in done if how != "skipped")
     console.print(f"[bold]all runs finished[/] in {time.time() - t0:.0f} s" + (f" ({times})" if times else "")
                   + "; comparing:")
@@ -283,5 +305,5 @@ def run_demo(*, recipes: str = DEFAULT_RECIPES, out: str | Path = "runs/demo", d
                 csv_file=out / "compare.csv", json_file=out / "compare.json",
                 markdown_file=out / "compare.md", plot_file=out / "compare.png")
     console.print(f"wrote {out}/compare.png, compare.md, compare.csv, compare.json "
-                  f"(again any time: bot compare {out} --plot {out}/compare.png)")
+                  f"(again any time: {shlex.join(['bot', 'compare', str(out), '--plot', str(out / 'compare.png')])})")
     return out

@@ -8,14 +8,15 @@ the synthetic default. Layout: OUT/pretrain/<recipe>, OUT/detect/<recipe>, OUT/s
 """
 from __future__ import annotations
 
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bot.engine.errors import BotError
 
-from .demo import (DEMO_ARGS, DEMO_DEPTH, STAGE_DIRS, Step, console, demo_arch, demo_epochs, recipe_info, run_steps,
-                   run_subprocess, seed_dir, seed_variants, split_args)
+from .demo import (DEMO_ARGS, DEMO_DEPTH, STAGE_DIRS, Step, command_line, console, demo_arch, demo_epochs, recipe_info,
+                   run_steps, run_subprocess, seed_dir, seed_variants, split_args)
 
 # (row label in the paper's tables, recipe), in the order they run: the teacher first (distillation needs it)
 LADDER = (
@@ -136,11 +137,15 @@ def run_reproduce(*, out: str | Path = "runs/paper", imagenet=None, voc=None, ad
     if plan_only:
         return out
     t0 = time.time()
-    run_steps(steps, runner)
+    again = command_line("reproduce", {"out": out, "imagenet": imagenet, "voc": voc, "ade20k": ade20k, "nproc": nproc,
+                                       "recipes": recipes, "teacher": teacher, "pretrain_args": pretrain_args,
+                                       "detect_args": detect_args, "segment_args": segment_args, "seeds": seeds},
+                         {"nproc": 1, "pretrain_args": "", "detect_args": "", "segment_args": "", "seeds": 1})
+    run_steps(steps, runner, again=again)
     console.print(f"[bold]all runs finished[/] in {time.time() - t0:.0f} s; comparing with the paper:")
     rows = [s.out for s in steps if not (s.stage == "pretrain" and s.recipe == TEACHER)]  # seeds: nested, found once
     run_compare(rows, paper=True, csv_file=out / "compare.csv", json_file=out / "compare.json",
                 markdown_file=out / "compare.md", plot_file=out / "compare.png")
     console.print(f"wrote {out}/compare.png, compare.md, compare.csv, compare.json "
-                  f"(again any time: bot compare {out} --paper)")
+                  f"(again any time: {shlex.join(['bot', 'compare', str(out), '--paper'])})")
     return out

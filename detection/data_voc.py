@@ -47,7 +47,7 @@ def resolve_classes(root: Path, declared: list[str] | None) -> tuple[list[str] |
     return None, "the annotations"
 
 
-HOW_TO_NAME = "name the classes with --set data.classes=[a,b,...] (evaluate-detect: --classes a,b,...) or ROOT/classes.txt"
+HOW_TO_NAME = "name the classes with --set 'data.classes=[a,b,...]' (evaluate-detect: --classes a,b,...) or ROOT/classes.txt"
 
 
 def legacy_image_id(stem: str) -> int | None:

@@ -68,7 +68,7 @@ def resolve_auto(cfg: dict, random_init: bool) -> dict:
 
 DETECTORS = ("c4", "fpn")
 # The synthetic default's detector (the demo's and `bot reproduce`'s without --voc): measured ahead of c4 there on two
-# backbones, 7.87 vs 2.54 and 7.41 vs 3.62 VOC07 mAP, each in under a third of the time (README, "Detection").
+# backbones, 7.87 vs 2.54 and 7.41 vs 3.62 VOC07 mAP, each in under a third of the time (docs/detection.md).
 SYNTHETIC_DETECTOR = "fpn"
 
 

@@ -13,8 +13,12 @@ steps (not every step, which would stall a GPU), and a non-finite one stops the 
 from __future__ import annotations
 
 import math
+import os
 import random
+import select
 import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -32,14 +36,29 @@ from .schedules import Schedule, set_lr
 
 
 class Interrupt:
-    """SIGINT/SIGTERM set a flag; the loop finishes its batch, saves resume state and stops."""
+    """SIGINT/SIGTERM set a flag; the loop finishes its batch, saves resume state and stops.
 
-    def __init__(self):
+    Python runs a signal handler only when the main thread is back in the interpreter. A rank blocked in native code
+    waiting for a peer that is gone (a collective, or a device sync on one, after another rank failed) never gets
+    there, so the flag alone would turn torchrun's SIGTERM into a hang until its SIGKILL. A watcher thread reads the
+    signal wakeup fd (written by the C-level handler from any thread): under torchrun, when the Python handler has
+    not run `grace` seconds after a signal, the process says so in one line and exits 128 + signal at once, saving
+    nothing (last.ckpt keeps the last saved state). GPU work is asynchronous, so a rank's host blocks that long only
+    on a peer; a single process has no peer and always waits for the handler.
+    """
+
+    def __init__(self, grace: float | None = None, watch: bool | None = None):
         self.requested = False
         self._old = {}
+        self._handled = threading.Event()
+        self.grace = 5.0 if grace is None else grace
+        self.watch = int(os.environ.get("WORLD_SIZE", "1")) > 1 if watch is None else watch
+        self._pipe = None
+        self._old_wakeup = -1
 
     def request(self, *_):
         self.requested = True
+        self._handled.set()
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -47,11 +66,61 @@ class Interrupt:
                 self._old[sig] = signal.signal(sig, self.request)
             except ValueError:  # not the main thread: leave handlers alone
                 pass
+        if self.watch and self._old:
+            read, write = os.pipe()
+            os.set_blocking(write, False)  # the C handler must never block
+            self._old_wakeup = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+            self._pipe = (read, write)
+            threading.Thread(target=self._watch, args=(read,), daemon=True, name="bot-signal-watch").start()
         return self
+
+    def _watch(self, read: int) -> None:
+        main = threading.main_thread().ident
+        stops = {int(signal.SIGINT), int(signal.SIGTERM)}  # the fd also gets others (the DataLoader's SIGCHLD)
+        try:
+            sig = None
+            while sig is None:
+                data = os.read(read, 16)
+                if not data:  # write end closed: the loop is over
+                    return
+                sig = next((b for b in data if b in stops), None)
+            waited = 0.0
+            while waited < self.grace:
+                if _readable(read, 0.5) and os.read(read, 16) == b"":
+                    return
+                if not self._handled.is_set():  # the handler has not run: the main thread is stuck in native code
+                    waited += 0.5
+                else:  # it ran; the stop still meets the peers (agreement, resume state), which may be gone
+                    waited = waited + 0.5 if _in_collective(sys._current_frames().get(main)) else 0.0
+            os.write(2, (f"error: {signal.Signals(sig).name} while this process waited {self.grace:g} s on "
+                         f"another process (a collective or a device sync; is a peer gone?): exiting without "
+                         f"saving; resume from the last saved state\n").encode())
+            os._exit(128 + sig)
+        except OSError:
+            return
+        finally:
+            try:
+                os.close(read)
+            except OSError:
+                pass
 
     def __exit__(self, *exc):
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
+        if self._pipe is not None:
+            signal.set_wakeup_fd(self._old_wakeup)
+            os.close(self._pipe[1])  # the watcher's read returns b"" and it ends; it closes nothing else
+            self._pipe = None
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    return bool(select.select([fd], [], [], timeout)[0])
+
+
+def _in_collective(frame) -> bool:
+    """Whether the main thread's innermost Python frame is a collective (torch.distributed, bot's reductions)."""
+    name = frame.f_code.co_filename.replace("\\", "/") if frame is not None else ""
+    return "/torch/distributed/" in name or name.endswith("/engine/distributed.py")
 
 
 class Interrupted(Exception):
@@ -76,7 +145,30 @@ class Position:
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
+    """The network itself, inside torch.compile's OptimizedModule (`_orig_mod`) and DDP (`module`) in any nesting:
+    resume state and weights keep the plain module's keys, so a run resumes compiled or not, in any process count."""
+    while True:
+        if isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+
+
+def plain_keys(state: dict) -> dict:
+    """A state dict saved through wrappers (by runs before unwrap knew torch.compile) with the plain module's keys."""
+    changed = True
+    while changed and state:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if all(isinstance(k, str) and k.startswith(prefix) for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                changed = True
+    return state
 
 
 def params_finite(params) -> bool:
@@ -108,7 +200,7 @@ def restore_state(run: RunDir, model, optimizer, precision: Precision, task: str
     if task and state.get("task", task) != task:
         raise BotError(f"{path}: a resume state of a {state['task']} run, not of this {task} run")
     try:
-        unwrap(model).load_state_dict(state["model"])
+        unwrap(model).load_state_dict(plain_keys(state["model"]))
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()
@@ -161,17 +253,37 @@ def fit(*, model, optimizer, precision: Precision, schedule: Schedule, loader, s
         values = torch.stack(pending).float().cpu().tolist()
         first = pos.step - len(values)
         pending.clear()
-        for i, v in enumerate(values):
-            if not math.isfinite(v):
-                raise Diverged(f"loss is {v} at step {first + i} (epoch {epoch + 1}): run stopped; " + kept())
+        bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+        if ctx.distributed:
+            # every rank stops at the same check point: one that raised alone would leave the others waiting in
+            # their next all-reduce. Slot r holds rank r's first bad step + 1 (0: none).
+            from .distributed import all_reduce_sum
+            slots = [0.0] * ctx.world_size
+            slots[ctx.rank] = float(first + bad + 1) if bad is not None else 0.0
+            seen = [(r, int(s) - 1) for r, s in enumerate(all_reduce_sum(slots, ctx).tolist()) if s > 0]
+            if seen and bad is None:
+                rank, step = seen[0]
+                raise Diverged(f"loss became non-finite on rank {rank} at step {step} (epoch {epoch + 1}): "
+                               f"run stopped on every rank; " + kept())
+        if bad is not None:
+            where = f" on rank {ctx.rank}" if ctx.distributed else ""
+            raise Diverged(f"loss is {values[bad]} at step {first + bad}{where} (epoch {epoch + 1}): run stopped; "
+                           + kept())
         return values
 
     def kept() -> str:
+        """Where the last good state is, and the advice that fits the cause: a smaller lr for a divergence; for an
+        fp16 run whose loss scaler skipped steps before it, fp16's range is as likely a cause as the lr."""
+        skipped = precision.skipped_steps()
+        if skipped:
+            cause = (f"the fp16 loss scaler skipped {skipped} step(s) with inf/NaN gradients by then, so fp16's "
+                     f"range may be the cause rather than the learning rate: try --precision bf16 or fp32")
         if saved is None or not run.checkpoint_file.exists():
-            return ("no resume state was written before it (it diverged in the first epoch); "
-                    "start again with a smaller --lr")
-        return (f"{run.checkpoint_file} keeps the last good state (epoch {saved.epoch}, step {saved.step}); "
-                f"continue with --resume --lr SMALLER")
+            where = "no resume state was written before it (it failed in the first epoch); "
+            return where + (cause if skipped else "start again with a smaller --lr")
+        where = f"{run.checkpoint_file} keeps the last good state (epoch {saved.epoch}, step {saved.step}); "
+        return where + (cause + " (a new run: --precision cannot change on --resume)" if skipped
+                        else "continue with --resume --lr SMALLER")
 
     def save(epoch: int) -> None:
         nonlocal saved

@@ -23,6 +23,11 @@ class Precision:
         self.dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mode)
         # Loss scaling is only needed (and only meaningful) for fp16's narrow exponent range.
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=(mode == "fp16"))
+        self._skipped = None  # steps the scaler skipped (inf/NaN gradients), counted on the device: no host read
+
+    def skipped_steps(self) -> int:
+        """How many optimiser steps loss scaling has skipped so far in this process (one host read)."""
+        return int(self._skipped) if self._skipped is not None else 0
 
     def autocast(self):
         if self.dtype is None:
@@ -34,9 +39,39 @@ class Precision:
         if clip_grad and params is not None:
             self.scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, clip_grad)
+        if not self.scaler.is_enabled():
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return
+        zero_momentum_buffers(optimizer)
+        before = self.scaler._scale.clone()  # the scale drops exactly when this step is skipped
         self.scaler.step(optimizer)
         self.scaler.update()
+        dropped = (self.scaler._scale < before).to(torch.int64)
+        self._skipped = dropped if self._skipped is None else self._skipped + dropped
         optimizer.zero_grad(set_to_none=True)
+
+
+def zero_momentum_buffers(optimizer: torch.optim.Optimizer) -> None:
+    """Give a fused SGD's parameters zero momentum buffers before its first step, once.
+
+    Fused SGD makes its buffers with `empty_like` on its first step and fills them in the kernel; when GradScaler
+    finds inf/NaN gradients there, the kernel skips the step and leaves them as whatever memory held, and the next
+    step reads it (|w| ~ 1e15 after a skipped first step; tests/test_fused_sgd.py). Zeros give the same first real
+    step as a fresh buffer: buf = momentum * 0 + (1 - dampening) * grad = grad with dampening 0, the value foreach
+    and plain SGD start from. Kept fused rather than switched to foreach on CUDA: the fused kernel reads the
+    scaler's inf flag on the device, where foreach SGD needs a host read of it every step.
+    """
+    if getattr(optimizer, "_bot_buffers_ready", False):
+        return
+    for group in optimizer.param_groups:
+        if not (group.get("fused") and group.get("momentum") and group.get("dampening", 0) == 0):
+            continue
+        for p in group["params"]:
+            state = optimizer.state[p]
+            if p.requires_grad and state.get("momentum_buffer") is None:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    optimizer._bot_buffers_ready = True
 
 
 def eval_autocast(mode: str, device: torch.device):

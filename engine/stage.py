@@ -23,6 +23,8 @@ import torch
 import yaml
 
 from . import distributed as dist
+from . import threads
+from .shared_dir import check_shared
 from .config import apply_options, apply_sets, migrate
 from .errors import BotError, first_line
 from .loop import fit, restore_state
@@ -33,9 +35,9 @@ from .schema import flatten, validate
 from .tensorboard import check_setting as check_tensorboard
 
 # What may change when a run is continued: where and how fast it runs, not what it computes (lr is allowed so that
-# a diverged run can go on at a lower rate).
+# a diverged run can go on at a lower rate; compile changes rounding only, and resume state has the plain keys).
 RESUME_OVERRIDES = ("train.lr", "data.workers", "train.device", "train.eval_every", "train.log_every",
-                    "train.tensorboard")
+                    "train.tensorboard", "train.compile")
 
 
 @dataclass
@@ -50,6 +52,25 @@ class StageDef:
     cache_dir: Callable[[dict], Path | None] = lambda cfg: None  # where synthetic data will be written, if any
     renamed: dict = field(default_factory=dict)       # old key -> present key
     upgrade: Callable[[dict], None] = lambda cfg: None  # turn an older config.yaml's values into today's meaning
+
+
+def optimizer_options(device: torch.device) -> dict:
+    """SGD's options on `device`: the fused kernel on CUDA (one launch for all parameters, and it reads GradScaler's
+    inf flag on the device, where foreach SGD needs a host read of it every step). Fused SGD would leave its momentum
+    buffers uninitialised when loss scaling skips its first step; engine/precision.py creates them as zeros first
+    (docs/design.md section 7, "CUDA paths")."""
+    return {"fused": True} if device.type == "cuda" else {}
+
+
+def rank_local_buffers(model: torch.nn.Module) -> bool:
+    """Whether DDP must broadcast rank 0's buffers before every forward: only when BatchNorm layers update running
+    statistics from each rank's own shard (plain BN), so that every rank evaluates with rank 0's, the ones saved.
+    Frozen BN (detection's default, segmentation's `frozen` backbone), SyncBN (statistics of the global batch) and
+    every other buffer (anchors, masks) are identical on every rank by construction: the same seed and weights, never
+    updated or updated identically, so re-sending them each forward would only cost a collective per step."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+    return any(isinstance(m, _BatchNorm) and not isinstance(m, torch.nn.SyncBatchNorm) and m.track_running_stats
+               for m in model.modules())
 
 
 def flag_of(stage: StageDef, key: str) -> str:
@@ -215,15 +236,14 @@ class Session:
         if self.ctx.distributed:
             net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.ctx.device.index] if self.ctx.device.type == "cuda" else None,
-                gradient_as_bucket_view=True)
+                gradient_as_bucket_view=True, broadcast_buffers=rank_local_buffers(model))
         backend = self.cfg["train"].get("compile")
         if backend and compile:
             net = torch.compile(net, backend="inductor" if backend is True else backend)
         return net
 
     def optimizer_options(self) -> dict:
-        """The fused CUDA kernel of SGD where there is one (one launch for all parameters)."""
-        return {"fused": True} if self.ctx.device.type == "cuda" else {}
+        return optimizer_options(self.ctx.device)
 
     def loader(self, dataset, **kwargs) -> torch.utils.data.DataLoader:
         """A DataLoader with a generator of its own (worker seeds never touch the global RNG) and pinned memory on GPUs."""
@@ -254,7 +274,7 @@ class Session:
         """summary.json, written last and atomically by rank 0: the stage's fields plus the ones every stage shares."""
         full = {"task": self.stage.task, **summary, "epochs": self.cfg["train"]["epochs"],
                 "wall_seconds": self.wall_seconds(), "images_per_second": fit_result["images_per_second"],
-                "versions": versions()}
+                "threads": torch.get_num_threads(), "workers": self.cfg["data"]["workers"], "versions": versions()}
         self.run.write_summary(full)
         return full
 
@@ -283,6 +303,8 @@ def run_config(stage: StageDef, train: Callable[[Session], dict], cfg: dict, out
     """Run `train(session)` on a resolved config: checks, run-dir policy, lock, process group; returns the summary."""
     validate(cfg, stage.schema())
     check_tensorboard(cfg["train"].get("tensorboard", "auto"))
+    cfg["train"]["threads"] = threads.resolve(cfg["train"].get("threads", "auto"))  # recorded in config.yaml
+    cfg["data"]["workers"] = threads.resolve_workers(cfg["data"].get("workers", "auto"), cfg["train"]["device"])
     out = Path(out)
     run = RunDir(out, enabled=False)
     if resume and run.finished():
@@ -301,8 +323,10 @@ def run_config(stage: StageDef, train: Callable[[Session], dict], cfg: dict, out
     with RunLock(out, enabled=rank == 0):
         if rank == 0:
             remove_temporaries(out)
+        threads.apply(cfg["train"]["threads"])
         ctx = dist.setup(cfg["train"]["device"])
         try:
+            check_shared(out, ctx)
             session = Session(stage, cfg, out, resume, ctx, RunDir(out, enabled=ctx.is_main), on_step=on_step)
             try:
                 return train(session)

@@ -28,7 +28,7 @@ def check_setting(value, where: str = "train.tensorboard") -> None:
     """Before any work: `true` needs the package; one line saying how to get it."""
     if value is True and not available():
         raise BotError(f"{where} true: the tensorboard package is not installed "
-                       f"(pip install 'bot[tensorboard]', or set {where}=auto)")
+                       f"(pip install tensorboard, or --set {where}=auto)")
 
 
 def open_writer(folder: Path, value, purge_step: int | None = None):

@@ -7,6 +7,7 @@ model.safetensors (the backbone checkpoint downstream stages load) and summary.j
 """
 from __future__ import annotations
 
+import shlex
 import warnings
 from pathlib import Path
 
@@ -58,7 +59,10 @@ def check(cfg: dict) -> None:
         from .dali_loader import require_dali
         require_dali()
     if "teacher" in cfg.get("requires", []) and not cfg["train"]["teacher"]:
-        raise BotError(f"recipe {cfg['recipe']!r} distils from a teacher: give --teacher RUN_DIR|FILE.safetensors")
+        data = ["--data", str(cfg["data"]["path"])] if cfg["data"].get("path") else []
+        first = shlex.join(["bot", "pretrain", *data, "--recipe", "resnet152d-teacher", "--out", "runs/teacher"])
+        raise BotError(f"recipe {cfg['recipe']!r} distils from a teacher: give --teacher RUN_DIR|FILE.safetensors "
+                       f"(to train one first: {first}; then add --teacher runs/teacher)")
     check_checkpoint(cfg["train"]["init_weights"], cfg["model"]["arch"])
     check_checkpoint(cfg["train"]["teacher"])
 

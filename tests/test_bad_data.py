@@ -236,7 +236,7 @@ CASES = [
          detect_cmd("voc"), "object 1 (dog) has an inverted box"),
     Case("voc-unknown-class", voc_set, voc_xml_edit("000001", "<name>cat</name>", "<name>raccoon</name>"),
          detect_cmd("voc"), "unknown class 'raccoon' in object 1 (classes from"),
-    Case("voc-val-class-not-in-train", voc_set, voc_val_only_class, detect_cmd("voc"), "--set data.classes="),
+    Case("voc-val-class-not-in-train", voc_set, voc_val_only_class, detect_cmd("voc"), "--set 'data.classes=[a,b,...]'"),
     Case("voc-bad-xml", voc_set, spoil_write("VOC2007/Annotations/000002.xml", "<annotation><size>"),
          detect_cmd("voc"), "not valid XML"),
     Case("voc-negative-size", voc_set, voc_xml_edit("000001", "<width>40</width>", "<width>-40</width>"),

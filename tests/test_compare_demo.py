@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import sys
 
 from pathlib import Path
@@ -41,8 +42,13 @@ def test_plan_keeps_each_recipes_variant(tmp_path):
     assert pre[-4:] == ["--epochs", "1", "--out", str(tmp_path / "pretrain" / "baseline")]   # extra args last
     assert steps[1].args[:2] == ["--backbone", str(tmp_path / "pretrain" / "baseline")]
     assert steps[0].argv(resume=True)[len(bot_argv()) + 1:] == ["--out", str(tmp_path / "pretrain" / "baseline"), "--resume"]
-    with pytest.raises(BotError, match="teacher"):
+    with pytest.raises(BotError, match="teacher") as missing:
         plan(["resnet50d-distill"], tmp_path)
+    # the suggested teacher run is a command that works when pasted, at demo scale
+    suggested = shlex.split(str(missing.value).split("a demo-scale teacher: ", 1)[1].split(";", 1)[0])
+    params = main.commands["pretrain"].make_context("pretrain", suggested[2:]).params
+    assert suggested[:2] == ["bot", "pretrain"] and params["recipe"] == "resnet152d-teacher"
+    assert params["arch"] == "resnet34d" and params["epochs"] >= 1
 
 
 def test_checkpoints_are_demo_rows_without_a_pretrain(tmp_path):
@@ -146,6 +152,24 @@ def test_demo_failure_names_the_run(tmp_path):
     with pytest.raises(BotError, match=r"detect/resnet50b-standard: `bot finetune-detect` failed \(exit code 1\)"):
         run_demo(out=tmp_path, runner=fake, jobs=1)
     assert len(fake.calls) == 2 and not (tmp_path / "compare.json").exists()
+
+
+def test_demo_failure_prints_the_command_that_resumes_it(tmp_path):
+    # The message ends with a command that works when pasted: the same demo (out, seeds, per-stage args), quoted.
+    fake = FakeStages(fail_on="detect/resnet50b-standard")
+    out = tmp_path / "my runs"
+    with pytest.raises(BotError) as failure:
+        run_demo(out=out, runner=fake, jobs=1, seeds=2, detect_args="--epochs 1")
+    command = str(failure.value).split("To resume (finished runs are skipped): ", 1)[1]
+    argv = shlex.split(command)
+    assert argv[:2] == ["bot", "demo"]
+    params = main.commands["demo"].make_context("demo", argv[2:]).params
+    assert params["out"] == str(out) and params["seeds"] == 2 and params["detect_args"] == "--epochs 1"
+    assert params["recipes"] == "resnet50b-standard,resnet50d" and params["jobs"] == 1
+    fake.fail_on = None                       # pasted (in-process here): the failed run and the rest are done
+    run_demo(out=Path(params["out"]), runner=fake, jobs=params["jobs"], seeds=params["seeds"],
+             detect_args=params["detect_args"])
+    assert (out / "compare.json").exists()
 
 
 def test_demo_runs_independent_stages_side_by_side(tmp_path):

@@ -3,6 +3,7 @@ non-finite loss, torchrun with two CPU processes, and bad input turned into one 
 import functools
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -209,6 +210,16 @@ def test_bad_options_are_one_line_exit_2(tiny_imagefolder, tmp_path):
     for args, message in cases:
         code, out = _cli(args + ["--out", str(tmp_path / "x")])
         assert code == 2 and message in out and "Traceback" not in out, (args, out)
+
+
+def test_a_missing_teacher_suggests_a_command_that_trains_one_on_the_same_data(tiny_imagefolder, tmp_path):
+    code, out = _cli(["pretrain", "--data", str(tiny_imagefolder), "--recipe", "resnet50d-distill", "--out", str(tmp_path / "x")])
+    assert code == 2
+    suggested = shlex.split(out.split("to train one first: ", 1)[1].split(";", 1)[0])
+    assert suggested[:2] == ["bot", "pretrain"]
+    params = main.commands["pretrain"].make_context("pretrain", suggested[2:]).params
+    assert params["data"] == str(tiny_imagefolder) and params["recipe"] == "resnet152d-teacher"
+    assert "then add --teacher " + params["out"] in out
 
 
 def test_torchrun_two_cpu_processes(tiny_imagefolder, tmp_path):

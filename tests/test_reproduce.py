@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,22 @@ def test_cli_plan_only_and_bad_paths(tmp_path):
     assert res.exit_code == 0 and not (tmp_path / "pretrain").exists()
     res = CliRunner().invoke(main, ["reproduce", "--imagenet", str(tmp_path / "nope"), "--plan-only"])
     assert res.exit_code == 2 and "--imagenet" in res.output and "no such directory" in res.output
+
+
+def test_a_failed_run_prints_the_reproduce_command_that_resumes_it(tmp_path):
+    # Not `bot demo`: the command of this reproduce, with its data paths and rows, quoted for the shell.
+    calls = []
+
+    def failing(argv, log=None, threads=None):
+        calls.append(argv)
+        return 1
+
+    voc = tmp_path / "VOC devkit"
+    voc.mkdir()
+    with pytest.raises(BotError) as failure:
+        run_reproduce(out=tmp_path / "paper", voc=str(voc), recipes="resnet50d", runner=failing)
+    assert "`bot pretrain` failed (exit code 1)" in str(failure.value) and len(calls) == 1
+    argv = shlex.split(str(failure.value).split("To resume (finished runs are skipped): ", 1)[1])
+    assert argv[:2] == ["bot", "reproduce"]
+    params = main.commands["reproduce"].make_context("reproduce", argv[2:]).params
+    assert params["out"] == str(tmp_path / "paper") and params["voc"] == str(voc) and params["recipes"] == "resnet50d"

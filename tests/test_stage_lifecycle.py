@@ -157,13 +157,13 @@ def test_data_given_by_set_chooses_the_real_data_defaults():
     assert by_set == by_option and by_set["data"]["min_size"] == 600 and by_set["train"]["epochs"] == 20
 
 
-@pytest.mark.parametrize("flag,key", [("--init", "train.init_weights"), ("--compile", "train.compile")])
+@pytest.mark.parametrize("flag,key", [("--init", "train.init_weights"), ("--teacher", "train.teacher")])
 def test_messages_name_the_flag_as_typed(tmp_path, flag, key):
     import bot.pretrain.train as pt
     from bot.engine.stage import flag_of
     assert flag_of(pt.STAGE, key) == flag
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(pt.resolve_config("resnet50d")))
-    value = [str(tmp_path / "w.safetensors")] if flag == "--init" else []
+    value = [str(tmp_path / "w.safetensors")]
     line = one_error(["pretrain", "--out", tmp_path, "--resume", flag, *value])
     assert f"{flag} cannot change" in line
 
