@@ -182,7 +182,7 @@ def evaluate_cls(**options):
 @click.option("--json", "json_file", type=click.Path(), help="Also write it as JSON here (default: not written).")
 @click.option("--markdown", "markdown_file", type=click.Path(), help="Also write it as a Markdown table here (default: not written).")
 @click.option("--plot", "plot_file", type=click.Path(), help="Write the plots here, .png, .svg or .pdf (default: none).")
-@click.option("--paper", is_flag=True, help="Set the paper's published top-1 / VOC mAP / pixAcc / mIoU (Tables 6, 8, 9) "
+@click.option("--paper", is_flag=True, help="Set the paper's published top-1 / VOC mAP / pixAcc / mIoU over all classes (beside miou_all; Tables 6, 8, 9, each with its own table's top-1) "
               "beside each ladder row, deltas against B-standard (resnet50b-standard, the default baseline then); default: off.")
 @click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Resamples of the validation images for each difference's 95% paired interval (0: none).")

@@ -69,7 +69,14 @@ def check(cfg: dict) -> None:
 
 
 def upgrade(cfg: dict) -> None:
-    """Runs written before the milestones became fractions held train.lr_decay_epochs: the same points as fractions."""
+    """Runs written before the milestones became fractions held train.lr_decay_epochs: the same points as fractions;
+    runs written before the GluonCV keys of model.c4 (C4_BEFORE) keep torchvision's behaviour there."""
+    from .model import C4_BEFORE
+
+    c4 = (cfg.get("model") or {}).get("c4")
+    if isinstance(c4, dict) and c4:  # a run from before these keys resumes with the detector it started with
+        for key, value in C4_BEFORE.items():
+            c4.setdefault(key, value)
     t = cfg.get("train", {})
     if "lr_decay_epochs" in t and "milestones" not in t:
         epochs = t.get("epochs") or 1
