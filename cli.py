@@ -24,12 +24,27 @@ SHARED_TRAINING_OPTIONS = [
                  help="fp32, fp16 (autocast + loss scaling) or bf16 (autocast); weights stay fp32 (default: train.precision: "
                       "the recipe's for pretrain, whose fp16 runs as fp32 on a CPU; fp32 for the fine-tunes)."),
     click.option("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)."),
-    click.option("--workers", type=int, help="DataLoader workers per process (default: data.workers, 4; 0 on the synthetic defaults)."),
+    click.option("--workers", callback=lambda ctx, param, value: workers_value(value),
+                 help="DataLoader workers per process: a number >= 0 or auto (default: data.workers, auto: on CUDA "
+                      "the cores per local process less one, at most 16; 4 on a CPU; 0 on the synthetic defaults)."),
     click.option("--seed", type=int, help="Seed of initialisation, data order and every augmentation draw (default: 0)."),
     click.option("--compile/--no-compile", "compile", default=None, help="torch.compile the network with inductor (default: off; --set train.compile=BACKEND picks another backend)."),
     click.option("--resume", is_flag=True, help="Continue the interrupted run in --out."),
     click.option("--nproc", type=int, default=1, show_default=True, help="Processes to launch on this machine under torchrun, e.g. one per GPU (1: run in this process)."),
 ]
+
+
+def workers_value(value):
+    """--workers as an int or "auto", checked while the command line is parsed: one line otherwise."""
+    if value is None or value == "auto":
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise BotError(f"--workers {value!r}: give a number of DataLoader workers >= 0, or auto")
+    return number
 
 
 def training_options(command):
@@ -48,6 +63,9 @@ def run_training_stage(nproc: int, entry: str, **options) -> None:
     from bot.engine.loop import Interrupted
 
     if nproc > 1:
+        from bot.engine.distributed import pick_device
+        if str(options.get("device") or "").startswith("cuda:"):  # one line here, not one per rank after start-up
+            pick_device(options["device"], world_size=nproc)
         sys.exit(relaunch_with_torchrun(nproc))
     module, function = entry.split(":")
     try:

@@ -4,6 +4,7 @@ table of docs/performance.md rendered from such files:
 
     python benchmarks/results.py                     # the committed results/*.json into docs/performance.md
     python benchmarks/results.py --json runs/gpu_check.json [--into FILE]   # print other results (or write them)
+    python benchmarks/results.py --gpu benchmarks/results/gpu.json --into docs/performance.md   # the GPU table
 
 Rerun the first after committing a new results file; tests/test_docs.py fails while the page's table differs.
 """
@@ -156,21 +157,86 @@ PERFORMANCE_PAGE = REPO / "docs" / "performance.md"
 COMMITTED_RESULTS = [REPO / "benchmarks" / "results" / f"{name}.json" for name in ("pretrain", "segment", "detect", "bootstrap")]
 
 
-def table_in(page: Path) -> str:
+# benchmarks/gpu_check.py's table (`--gpu FILE`), on the same page
+GPU_START, GPU_END = "<!-- gpu table: python benchmarks/results.py --gpu -->", "<!-- end of gpu table -->"
+
+
+def table_in(page: Path, start: str = START, end: str = END) -> str:
     """The table between `page`'s two marker lines (both must be there, in order)."""
     text = page.read_text()
-    if START not in text or END not in text or text.index(START) > text.index(END):
-        raise SystemExit(f"error: {page}: needs the marker lines {START!r} and {END!r}, in that order")
-    return text.split(START, 1)[1].split(END, 1)[0].strip("\n")
+    if start not in text or end not in text or text.index(start) > text.index(end):
+        raise SystemExit(f"error: {page}: needs the marker lines {start!r} and {end!r}, in that order")
+    return text.split(start, 1)[1].split(end, 1)[0].strip("\n")
 
 
-def replace_table(page: Path, table: str) -> None:
+def replace_table(page: Path, table: str, start: str = START, end: str = END) -> None:
     """Put `table` between the page's two marker lines (both must be there, in order)."""
-    table_in(page)  # checks the markers
+    table_in(page, start, end)  # checks the markers
     text = page.read_text()
-    head, rest = text.split(START, 1)
-    page.write_text(head + START + "\n" + table + "\n" + END + rest.split(END, 1)[1])
+    head, rest = text.split(start, 1)
+    page.write_text(head + start + "\n" + table + "\n" + end + rest.split(end, 1)[1])
     print(f"wrote the table into {page}")
+
+
+def _pass(ok) -> str:
+    return "pass" if ok is True else "**FAIL**" if ok is False else "-"
+
+
+def render_gpu(path: str) -> str:
+    """benchmarks/gpu_check.py's JSON as one Markdown table: every check with its numbers and pass/fail, then the
+    (f) ratios as rows of the performance table."""
+    data = json.loads(Path(path).read_text())
+    meta = data.get("meta", {})
+    rows = [f"`{meta.get('machine', '?')}`, {'smoke (CPU)' if meta.get('smoke') else 'GPU'}, "
+            f"{meta.get('seconds', {}).get('total', '?')} s in all", "",
+            "| section | check | result | |", "|---|---|---|---|"]
+    c = data.get("correctness", {})
+    for stage, by_precision in c.get("stages", {}).items():
+        for p, r in by_precision.items():
+            if isinstance(r, dict):
+                rows.append(f"| (a) correctness vs CPU fp32 | {stage} {p} | loss {r['loss']:.1e}, grad norm "
+                            f"{r['grad_norm']:.1e}, weight change {r['weight_change']:.1e} (tolerance "
+                            f"{r['tolerance']['loss']:g} / {r['tolerance']['grad_norm']:g} / "
+                            f"{r['tolerance']['weight_change']:g}; {r['skipped_steps']} skipped) | {_pass(r['ok'])} |")
+    if "device_pipeline" in c:
+        r = c["device_pipeline"]
+        rows.append(f"| (a) device pipeline | {r['device']} vs CPU | max diff {r['max_abs_diff']:.1e} (tolerance "
+                    f"{r['tolerance']:g}) | {_pass(r['ok'])} |")
+    for name, r in c.get("dali", {}).items():
+        if isinstance(r, dict):
+            rows.append(f"| (a) DALI ({r['backend']}) vs default loader | {name} | mean {r['mean_levels']:.2f} / max "
+                        f"{r['max_levels']:.2f} levels (bounds {r['bounds'][0]:g} / {r['bounds'][1]:g}), same draws "
+                        f"{r['same_draws']} | {_pass(r['ok'])} |")
+        else:
+            rows.append(f"| (a) DALI | - | {r} | - |")
+    for stage, r in data.get("overflow", {}).items():
+        rows.append(f"| (b) inf loss on step 0, fp16 | {stage} {r['optimizer_options']} | finite {r['finite']}, "
+                    f"max abs weight {r['max_abs_weight']:.3g}, vs foreach {r['rel_diff_to_foreach']:.1e} | {_pass(r['ok'])} |")
+    audit = data.get("sync_audit", {})
+    for stage, r in audit.items():
+        if isinstance(r, dict):
+            rows.append(f"| (c) host syncs | {stage} | {r['train']['syncs']} in {r['train']['steps']} steps inside fit, "
+                        f"{r['evaluation']['syncs']} in one evaluation | {_pass(r['run_ok'])} |")
+    for name, r in data.get("evaluation", {}).items():
+        rows.append(f"| (d) evaluation, 30 variable-size images | {name} | {r['seconds']:.2f} s, "
+                    f"{r['images_per_second']:.2f} img/s, peak memory {r['peak_memory_gib']} GiB | - |")
+    for name, r in data.get("loaders", {}).items():
+        rows.append(f"| (e) loader alone, {r['batches']} batches of {r['batch']} | {name} ({r['workers']} workers) | "
+                    f"{r['images_per_second']:.1f} img/s | - |")
+    compile_ = data.get("throughput", {}).get("compile")
+    if compile_:
+        rows.append(f"| (f) torch.compile | pretrain ({compile_['backend']}) | {compile_['compile_seconds']:.1f} s "
+                    f"to compile | - |")
+    for stage, r in data.get("ranks", {}).items():
+        if isinstance(r, dict):
+            rows.append(f"| (g) 2 ranks over gloo, SIGINT + resume | {stage} | stopped after step "
+                        f"{r['steps_before_stop']}, resumed to {r['steps_logged']} | {_pass(r['ok'])} |")
+    for key in ("failed", "skipped"):
+        if meta.get(key):
+            rows.append(f"| {key} | {len(meta[key])} | {', '.join(meta[key])[:300]} | - |")
+    return "\n".join(rows) + "\n\n" + render([path])
+
+
 
 
 def main() -> None:
@@ -180,7 +246,16 @@ def main() -> None:
                    "committed benchmarks/results/{pretrain,segment,detect,bootstrap}.json)")
     p.add_argument("--into", "--readme", dest="into", type=Path, help="write the table into this file, between "
                    "its marker lines (default without --json: docs/performance.md; with --json: print it)")
+    p.add_argument("--gpu", metavar="FILE", help="benchmarks/gpu_check.py's results file: render the GPU table "
+                   "instead (default: none), with --into between that page's GPU table markers")
     args = p.parse_args()
+    if args.gpu:
+        table = render_gpu(args.gpu)
+        if args.into:
+            replace_table(args.into, table, GPU_START, GPU_END)
+        else:
+            print(table)
+        return
     files = args.json or [str(f) for f in COMMITTED_RESULTS]
     into = args.into or (None if args.json else PERFORMANCE_PAGE)
     table = render(files)

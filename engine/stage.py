@@ -62,6 +62,17 @@ def optimizer_options(device: torch.device) -> dict:
     return {"fused": True} if device.type == "cuda" else {}
 
 
+def rank_local_buffers(model: torch.nn.Module) -> bool:
+    """Whether DDP must broadcast rank 0's buffers before every forward: only when BatchNorm layers update running
+    statistics from each rank's own shard (plain BN), so that every rank evaluates with rank 0's, the ones saved.
+    Frozen BN (detection's default, segmentation's `frozen` backbone), SyncBN (statistics of the global batch) and
+    every other buffer (anchors, masks) are identical on every rank by construction: the same seed and weights, never
+    updated or updated identically, so re-sending them each forward would only cost a collective per step."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+    return any(isinstance(m, _BatchNorm) and not isinstance(m, torch.nn.SyncBatchNorm) and m.track_running_stats
+               for m in model.modules())
+
+
 def flag_of(stage: StageDef, key: str) -> str:
     for option, k in stage.option_keys.items():
         if k == key:
@@ -225,7 +236,7 @@ class Session:
         if self.ctx.distributed:
             net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.ctx.device.index] if self.ctx.device.type == "cuda" else None,
-                gradient_as_bucket_view=True)
+                gradient_as_bucket_view=True, broadcast_buffers=rank_local_buffers(model))
         backend = self.cfg["train"].get("compile")
         if backend and compile:
             net = torch.compile(net, backend="inductor" if backend is True else backend)
@@ -263,7 +274,7 @@ class Session:
         """summary.json, written last and atomically by rank 0: the stage's fields plus the ones every stage shares."""
         full = {"task": self.stage.task, **summary, "epochs": self.cfg["train"]["epochs"],
                 "wall_seconds": self.wall_seconds(), "images_per_second": fit_result["images_per_second"],
-                "threads": torch.get_num_threads(), "versions": versions()}
+                "threads": torch.get_num_threads(), "workers": self.cfg["data"]["workers"], "versions": versions()}
         self.run.write_summary(full)
         return full
 
@@ -293,6 +304,7 @@ def run_config(stage: StageDef, train: Callable[[Session], dict], cfg: dict, out
     validate(cfg, stage.schema())
     check_tensorboard(cfg["train"].get("tensorboard", "auto"))
     cfg["train"]["threads"] = threads.resolve(cfg["train"].get("threads", "auto"))  # recorded in config.yaml
+    cfg["data"]["workers"] = threads.resolve_workers(cfg["data"].get("workers", "auto"), cfg["train"]["device"])
     out = Path(out)
     run = RunDir(out, enabled=False)
     if resume and run.finished():

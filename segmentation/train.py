@@ -73,6 +73,9 @@ def upgrade(cfg: dict) -> None:
         if not (isinstance(b, (int, float)) and b > 0):
             raise BotError(f"train.backbone_lr_mult {b!r}: this older run froze its backbone by lr; it cannot resume")
         t["lr"], t["head_lr_mult"] = t["lr"] * b, 1.0 / b
+    m = cfg.get("model", {})
+    if isinstance(m, dict) and "head" in m and "dilated_shortcut" not in m:
+        m["dilated_shortcut"] = "timm"  # runs written before the key had timm's pool on the dilated D shortcut
 
 
 def cache_dir(cfg: dict):
@@ -131,7 +134,7 @@ def train_session(session: Session) -> dict:
     d["num_classes"], d["ignore_index"] = source.num_classes, source.ignore_index
 
     model, info = build_model(m["backbone"], m["head"], source.num_classes, aux=m["aux"], output_stride=m["output_stride"],
-                              norm=m["norm"], arch=m["arch"],
+                              norm=m["norm"], arch=m["arch"], dilated_shortcut=m["dilated_shortcut"],
                               # torch's SyncBatchNorm runs on GPUs only; on CPU ranks "sync" stays per-rank BN
                               distributed=ctx.distributed and ctx.device.type == "cuda")
     m["arch"], m["normalize"] = info.arch, {"mean": list(info.mean), "std": list(info.std)}
