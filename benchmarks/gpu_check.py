@@ -27,7 +27,7 @@ sections. `--smoke` runs all of it on a CPU at toy sizes (fp16 through CPU autoc
 CPU backend); what no CPU can run in any form is written as "skipped: needs CUDA".
 
     python benchmarks/gpu_check.py                                  # on the GPU machine -> benchmarks/results/gpu.json
-    python benchmarks/gpu_check.py --smoke --json /tmp/gpu.json     # anywhere, ~2 minutes on 2 busy cores
+    python benchmarks/gpu_check.py --smoke --json /tmp/gpu.json     # anywhere: 16 minutes on 2 cores at load 14
 """
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ FULL = Sizes("cuda", "resnet50d", None, "inductor", "fp16",
 # One thread per process on the CPU: on a shared, busy machine torch's threaded kernels were 10x slower.
 SMOKE = Sizes("cpu", "resnet10d", 1, "eager", "fp32",
               32, 4, 64, 2, 32, 2, False, (32, 56), 48,
-              32, 4, 64, 2, 32, 2, 1, 2, 100, 40, (40, 64), 300, ("pretrain",))
+              32, 4, 64, 2, 32, 2, 1, 2, 100, 40, (40, 64), 1200, ("pretrain",))
 
 
 # ---- data -----------------------------------------------------------------------------------------------------
@@ -824,7 +824,8 @@ class Ranks:
     def __init__(self, sizes: Sizes, data: Data, smoke: bool):
         from concurrent.futures import ThreadPoolExecutor
         self.sizes, self.data, self.smoke, self.started = sizes, data, smoke, time.perf_counter()
-        self.pool = ThreadPoolExecutor(len(STAGES))
+        # on a CPU two stages at a time: 8 processes importing torch at once on 2 busy cores took over 300 s to start
+        self.pool = ThreadPoolExecutor(len(STAGES) if sizes.device == "cuda" else 2)
         self.jobs = {stage: self.pool.submit(self.stop_and_resume, stage) for stage in STAGES}
 
     def stop_and_resume(self, stage: str) -> dict:
@@ -905,7 +906,7 @@ def skipped(node, path: str = "") -> list[str]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--smoke", action="store_true", help="all of it at toy sizes on the CPU (default: off; ~2 minutes)")
+    p.add_argument("--smoke", action="store_true", help="all of it at toy sizes on the CPU (default: off; minutes: benchmarks/README.md)")
     p.add_argument("--out", type=Path, help="work folder for the data and the runs (default: a temporary folder)")
     p.add_argument("--json", metavar="FILE", help="results file (default: benchmarks/results/gpu.json on a GPU; "
                    "with --smoke a file in the work folder)")

@@ -118,7 +118,7 @@ def test_failures_and_skips_are_found_anywhere_in_the_results():
 def test_smoke_mode_runs_every_section_on_a_cpu(tmp_path):
     out = tmp_path / "gpu.json"
     proc = subprocess.run([sys.executable, str(BENCH / "gpu_check.py"), "--smoke", "--json", str(out),
-                           "--out", str(tmp_path / "work")], capture_output=True, text=True, timeout=1500)
+                           "--out", str(tmp_path / "work")], capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     data = json.loads(out.read_text())
     meta = data["meta"]
