@@ -50,12 +50,9 @@ def workers_value(value):
     if value is None or value == "auto":
         return value
     try:
-        number = int(value)
+        return int(value)  # its range is checked with the config's other values
     except ValueError:
-        number = -1
-    if number < 0:
-        raise BotError(f"--workers {value!r}: give a number of DataLoader workers >= 0, or auto")
-    return number
+        raise BotError(f"--workers (data.workers) = {value!r}: expected an integer >= 0 or auto") from None
 
 
 def training_options(command):

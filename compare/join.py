@@ -158,7 +158,7 @@ def collect_stats(row: Row) -> None:
 
 # Config keys that say where or how fast a run went, not what it computed: seeds differing only in these group.
 RUN_ONLY_KEYS = {("train", "seed"), ("train", "device"), ("data", "workers"), ("train", "eval_every"),
-                 ("train", "log_every"), ("train", "compile"), ("train", "channels_last")}
+                 ("train", "log_every"), ("train", "compile"), ("train", "channels_last"), ("train", "deterministic")}
 
 
 def seed_key(run: Run) -> tuple[str, int] | None:

@@ -96,7 +96,7 @@ def default_out(cfg: dict) -> Path:
 
 STAGE = StageDef(task="detect", command="finetune-detect", option_keys=OPTION_KEYS, defaults=defaults, schema=schema,
                  check=check, default_out=default_out, cache_dir=cache_dir, renamed=RENAMED,
-                 upgrade=upgrade)
+                 upgrade=upgrade, cudnn_benchmark=False, eval_benchmark=False)  # every batch its own image sizes
 
 
 def resolve_config(options: dict, sets=()) -> dict:

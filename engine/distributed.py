@@ -54,8 +54,7 @@ def setup(requested_device: str | None = None) -> DistContext:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(requested_device, local_rank, world_size)
     if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True  # fixed input sizes (crops): let cuDNN pick its fastest kernels
+        torch.cuda.set_device(device)  # cudnn.benchmark and TF32: per stage, engine/backends.py
     if world_size > 1 and not dist.is_initialized():
         backend = backend_for(device)
         if backend == "nccl":  # bound to its GPU: NCCL connects eagerly and never guesses the device

@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 import yaml
 
+from . import backends
 from . import distributed as dist
 from . import threads
 from .shared_dir import check_shared
@@ -58,6 +59,8 @@ class StageDef:
     cache_dir: Callable[[dict], Path | None] = lambda cfg: None  # where synthetic data will be written, if any
     renamed: dict = field(default_factory=dict)       # old key -> present key
     upgrade: Callable[[dict], None] = lambda cfg: None  # turn an older config.yaml's values into today's meaning
+    cudnn_benchmark: bool = True                      # training's input shapes repeat (fixed crops): autotune them
+    eval_benchmark: bool = True                       # evaluation's too (engine/backends.py)
 
 
 def optimizer_options(device: torch.device) -> dict:
@@ -242,6 +245,7 @@ class Session:
     started: float = field(default_factory=time.time)
     wall_before: float = 0.0
     on_step: Callable | None = None
+    backends: dict = field(default_factory=dict)  # cuDNN / TF32 / determinism settings (engine/backends.py)
 
     @property
     def seed(self) -> int:
@@ -311,7 +315,14 @@ class Session:
                 self.run.metrics_file.unlink()
             self.run.write_config(self.cfg)
         self.run.open_tensorboard(self.cfg["train"].get("tensorboard", "auto"), start.step + 1 if start else 0)
+        evaluate = kwargs.pop("evaluate")
+
+        def evaluate_with_its_benchmark() -> dict:
+            with backends.evaluation(self.stage.eval_benchmark):
+                return evaluate()
+
         return fit(model=model, optimizer=optimizer, precision=precision, run=self.run, ctx=self.ctx, start=start,
+                   evaluate=evaluate_with_its_benchmark,
                    seed=self.seed, task=self.stage.task, on_step=self.on_step,
                    extra_state=lambda: {"wall_seconds": self.wall_seconds()},
                    checkpoint_every=parse_every(self.cfg["train"].get("checkpoint_every", "off")),
@@ -321,7 +332,8 @@ class Session:
         """summary.json, written last and atomically by rank 0: the stage's fields plus the ones every stage shares."""
         full = {"task": self.stage.task, **summary, "epochs": self.cfg["train"]["epochs"],
                 "wall_seconds": self.wall_seconds(), "images_per_second": fit_result["images_per_second"],
-                "threads": torch.get_num_threads(), "workers": self.cfg["data"]["workers"], "versions": versions()}
+                "threads": torch.get_num_threads(), "workers": self.cfg["data"]["workers"],
+                "backends": self.backends, "versions": versions()}
         self.run.write_summary(full)
         return full
 
@@ -402,16 +414,21 @@ def run_config(stage: StageDef, train: Callable[[Session], dict], cfg: dict, out
         if rank == 0:
             remove_temporaries(out)
         threads.apply(cfg["train"]["threads"])
+        deterministic = bool(cfg["train"].get("deterministic", False))
+        backends.prepare(deterministic)  # before CUDA starts
         ctx = dist.setup(cfg["train"]["device"])
         try:
             check_shared(out, ctx)
             session = Session(stage, cfg, out, resume, ctx, RunDir(out, enabled=ctx.is_main),
                               on_step=kill_hook(on_step))
+            session.backends = backends.configure(ctx.device, benchmark=stage.cudnn_benchmark,
+                                                  deterministic=deterministic)
             try:
                 return train(session)
             finally:
                 session.run.close()
         finally:
+            backends.restore()
             dist.cleanup()
 
 

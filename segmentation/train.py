@@ -94,7 +94,8 @@ def default_out(cfg: dict) -> Path:
 
 
 STAGE = StageDef(task="segment", command="finetune-seg", option_keys=CLI_KEYS, defaults=defaults, schema=schema,
-                 check=check, default_out=default_out, cache_dir=cache_dir, upgrade=upgrade)
+                 check=check, default_out=default_out, cache_dir=cache_dir, upgrade=upgrade,
+                 eval_benchmark=False)  # fixed training crops; whole images and ms-flip scales in evaluation
 
 
 def resolve_config(options: dict, sets=()) -> dict:

@@ -40,8 +40,8 @@ def test_auto_is_the_default_for_real_data_and_the_run_records_the_number(tiny_i
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--workers", "four"], "error: --workers 'four': give a number of DataLoader workers >= 0, or auto"),
-    (["--workers", "-2"], "error: --workers '-2': give a number"),
+    (["--workers", "four"], "error: --workers (data.workers) = 'four': expected an integer >= 0 or auto"),
+    (["--workers", "-2"], "error: --workers (data.workers) = -2: out of range"),
     (["--set", "data.workers=many"], "data.workers"),
 ])
 def test_a_bad_worker_count_is_one_line(tmp_path, args, message):
