@@ -9,7 +9,13 @@ from bot.engine.errors import BotError, one_line
 
 
 class BotGroup(click.Group):
-    """Turns a BotError (bad input) into one line on stderr and exit code 2, wherever it was raised."""
+    """Turns a BotError (bad input) into one line on stderr and exit code 2, wherever it was raised; keeps the
+    arguments as typed, for messages that suggest a command to paste (engine/launch.py's restart_command)."""
+
+    def parse_args(self, ctx, args):
+        from bot.engine.launch import remember_argv
+        remember_argv(args)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx):
         try:
@@ -24,12 +30,29 @@ SHARED_TRAINING_OPTIONS = [
                  help="fp32, fp16 (autocast + loss scaling) or bf16 (autocast); weights stay fp32 (default: train.precision: "
                       "the recipe's for pretrain, whose fp16 runs as fp32 on a CPU; fp32 for the fine-tunes)."),
     click.option("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)."),
-    click.option("--workers", type=int, help="DataLoader workers per process (default: data.workers, 4; 0 on the synthetic defaults)."),
+    click.option("--workers", callback=lambda ctx, param, value: workers_value(value),
+                 help="DataLoader workers per process: a number >= 0 or auto (default: data.workers, auto: on CUDA "
+                      "the cores per local process less one, at most 16; 4 on a CPU; 0 on the synthetic defaults)."),
     click.option("--seed", type=int, help="Seed of initialisation, data order and every augmentation draw (default: 0)."),
     click.option("--compile/--no-compile", "compile", default=None, help="torch.compile the network with inductor (default: off; --set train.compile=BACKEND picks another backend)."),
-    click.option("--resume", is_flag=True, help="Continue the interrupted run in --out."),
+    click.option("--resume", type=click.Choice(["auto", "must"]), is_flag=False, flag_value="must", default=None,
+                 help="`--resume auto`: one command line for a first start and every restart: start the run in --out "
+                      "if it holds none, continue it if unfinished, report it (exit 0) if finished. `--resume` alone "
+                      "(= must): continue the unfinished run in --out, an error if there is none. Options equal to "
+                      "the run's own are accepted beside either. Default: no resume (a folder holding a run is "
+                      "refused)."),
     click.option("--nproc", type=int, default=1, show_default=True, help="Processes to launch on this machine under torchrun, e.g. one per GPU (1: run in this process)."),
 ]
+
+
+def workers_value(value):
+    """--workers as an int or "auto", checked while the command line is parsed: one line otherwise."""
+    if value is None or value == "auto":
+        return value
+    try:
+        return int(value)  # its range is checked with the config's other values
+    except ValueError:
+        raise BotError(f"--workers (data.workers) = {value!r}: expected an integer >= 0 or auto") from None
 
 
 def training_options(command):
@@ -44,16 +67,19 @@ def run_training_stage(nproc: int, entry: str, **options) -> None:
     (`module:function`); a requested stop (Ctrl-C, SIGTERM) exits 130 after the stage saved its resume state."""
     import importlib
 
-    from bot.engine.launch import relaunch_with_torchrun
+    from bot.engine.launch import relaunch_with_torchrun, restart_command
     from bot.engine.loop import Interrupted
 
     if nproc > 1:
+        from bot.engine.distributed import pick_device
+        if str(options.get("device") or "").startswith("cuda:"):  # one line here, not one per rank after start-up
+            pick_device(options["device"], world_size=nproc)
         sys.exit(relaunch_with_torchrun(nproc))
     module, function = entry.split(":")
     try:
         getattr(importlib.import_module(module), function)(**options)
     except Interrupted as e:
-        click.echo(f"interrupted: {e}; continue with --resume", err=True)
+        click.echo(f"interrupted: {e}; continue with: {restart_command()}", err=True)
         sys.exit(130)
 
 
@@ -84,7 +110,7 @@ def main():
 @click.option("--image-size", type=int, help="Training crop side in px; validation resizes the short side to size x 256/224 "
                                              "and centre-crops it (default: 224; 32 on the synthetic default).")
 @click.option("--loader", help="Training input pipeline: torch (default; DataLoader workers) or dali "
-                               "(NVIDIA DALI decoding on the GPU; pip install 'bot[dali]').")
+                               "(NVIDIA DALI decoding on the GPU, --workers reader processes; pip install 'bot[dali]').")
 @training_options
 @click.option("--teacher", help="Distillation teacher: a pretrain run dir, any ResNet weights file (see `bot inspect`) or "
                                "timm:NAME (default: none; the distillation recipes need one).")
@@ -153,7 +179,7 @@ def evaluate_cls(**options):
 @click.option("--json", "json_file", type=click.Path(), help="Also write it as JSON here (default: not written).")
 @click.option("--markdown", "markdown_file", type=click.Path(), help="Also write it as a Markdown table here (default: not written).")
 @click.option("--plot", "plot_file", type=click.Path(), help="Write the plots here, .png, .svg or .pdf (default: none).")
-@click.option("--paper", is_flag=True, help="Set the paper's published top-1 / VOC mAP / pixAcc / mIoU (Tables 6, 8, 9) "
+@click.option("--paper", is_flag=True, help="Set the paper's published top-1 / VOC mAP / pixAcc / mIoU over all classes (beside miou_all; Tables 6, 8, 9, each with its own table's top-1) "
               "beside each ladder row, deltas against B-standard (resnet50b-standard, the default baseline then); default: off.")
 @click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Resamples of the validation images for each difference's 95% paired interval (0: none).")

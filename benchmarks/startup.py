@@ -8,8 +8,7 @@ process, baseline and bot alternating; medians of the rounds):
 2. ADE20K size (20,210 training masks of 683x512, 2,000 validation pairs): bot's start-up checks as finetune-seg
    runs them (listing, headers, label statistics, validation pairs) in one process and in two gloo ranks, against
    a plain numpy pass (decode + np.bincount of every training mask, one thread, no checks); also a restart reading
-   the result from the run directory, the pass on the process's threads alone (no forked check processes), and
-   the former per-mask path (int64 copy + np.where) on 2,000 masks;
+   the result from the run directory, and the former per-mask path (int64 copy + np.where) on 2,000 masks;
 3. COCO val2017 size scoring (5,000 images, 36,781 annotations, 500,000 detections): bot's path as
    `bot evaluate-detect --detections` runs it (read the annotations and the results file, VOC and COCO metrics)
    against pycocotools alone (COCO(file), loadRes(file), evaluate, accumulate, summarize); the COCO APs must agree.
@@ -109,9 +108,6 @@ def child(what: str, data: Path, extra: str) -> dict:
         out["masks"] = len(masks)
     elif what in ("ade:bot", "ade:bot-cached"):
         out.update(_ade_startup(ade_root, Path(extra) if extra else None))
-    elif what == "ade:bot-threads":  # the pass on this process's threads alone: a thread budget of 1 (no forks)
-        torch.set_num_threads(1)
-        out.update(_ade_startup(ade_root, None))
     elif what == "ade:former":
         from PIL import Image
         source = seg.parse_data(f"ade20k:{ade_root}")
@@ -280,8 +276,7 @@ def bench_ade(data: Path, rounds: int) -> dict:
 
     cache = Path(tempfile.mkdtemp(prefix="bot-ade-cache-")) / "data_check.json"
     measure("ade:bot", data, str(cache))  # writes the file a restart finds
-    runs = rounds_of(["ade:numpy", "ade:bot", "ade:bot-threads", "ade:bot-cached"], data, rounds,
-                     {"ade:bot-cached": str(cache)})
+    runs = rounds_of(["ade:numpy", "ade:bot", "ade:bot-cached"], data, rounds, {"ade:bot-cached": str(cache)})
     two = []
     for _ in range(rounds):
         two.append(child_two_ranks_process(data))
@@ -296,10 +291,6 @@ def bench_ade(data: Path, rounds: int) -> dict:
         "ADE20K-size start-up checks (20,210 masks + 2,000 val pairs), 1 process": entry(
             1 / t["ade:numpy"], 1 / t["ade:bot"], "start-ups/s",
             "plain numpy pass: decode + np.bincount of each training mask, one thread, no checks", rounds, **detail),
-        "ADE20K-size start-up checks, 1 process: forked check processes vs its threads alone": entry(
-            1 / t["ade:bot-threads"], 1 / t["ade:bot"], "start-ups/s",
-            "the same pass on the process's threads (Pillow releases the GIL only while it decodes)", rounds,
-            **detail),
         "ADE20K-size start-up checks, 2 gloo ranks (wall until both are done) vs 1 process": entry(
             1 / t["ade:bot"], 1 / t["ade:bot x2 ranks"], "start-ups/s", "bot in 1 process", rounds, **detail),
         "ADE20K-size start-up, restart (result read from the run directory)": entry(

@@ -5,7 +5,8 @@ process (`python -P -m bot.cli ...`), exactly as a user would run them; then the
 `OUT/pretrain/<recipe>`, `OUT/detect/<recipe>`, `OUT/segment/<recipe>`, `OUT/compare.{png,md,csv,json}`; with
 `--seeds N`, seeds 1..N-1 of every run in a `seed<k>` folder inside seed 0's (`OUT/pretrain/<recipe>/seed1`, ...),
 each stage given `--seed k` (seed 0 is the stages' default, so a demo folder from before --seeds stays valid).
-Re-running skips finished runs (summary.json) and resumes interrupted ones (last.ckpt).
+Re-running skips finished runs (summary.json) and resumes interrupted ones (last.ckpt): every stage runs with
+`--resume auto`, so its command line is the same for the first start and every restart.
 """
 from __future__ import annotations
 
@@ -52,13 +53,13 @@ class Step:
     stage: str                 # a bot command: pretrain | finetune-detect | finetune-seg
     recipe: str
     out: Path
-    args: list[str] = field(default_factory=list)   # everything but --out / --resume
+    args: list[str] = field(default_factory=list)   # everything but --out and --resume auto
     seed: int = 0                                   # --seeds: which seed of the row this run is
 
-    def argv(self, resume: bool) -> list[str]:
-        # A resumed run continues its own config.yaml (the stages refuse or ignore other options next to --resume).
-        tail = ["--out", str(self.out), "--resume"] if resume else [*self.args, "--out", str(self.out)]
-        return [*bot_argv(), self.stage, *tail]
+    def argv(self) -> list[str]:
+        """One command line for a first start and every restart: the stage starts the run, continues it (its options
+        equal the run's own config.yaml, so they are accepted), or reports it finished."""
+        return [*bot_argv(), self.stage, *self.args, "--out", str(self.out), "--resume", "auto"]
 
     def state(self) -> str:
         if (self.out / "summary.json").exists():
@@ -237,7 +238,7 @@ def run_steps(steps: list[Step], runner=run_subprocess, jobs: int = 1, view: Liv
             view.finished(entry, "skipped")
             results[i] = (step, "skipped", 0.0)
             return
-        argv = step.argv(resume=state == "resume")
+        argv = step.argv()
         log = entry.log
         view.started(entry)
         view.say(f"  $ bot {shlex.join(argv[len(bot_argv()):])}" + ("  (resuming from last.ckpt)" if state == "resume" else ""))

@@ -33,7 +33,8 @@ METRICS = (
     Metric("voc_map50", "detect", "VOC mAP (area)", False),
     Metric("coco_map", "detect", "COCO mAP", True),
     Metric("coco_map50", "detect", "COCO mAP50", False),
-    Metric("miou", "segment", "mIoU", True),
+    Metric("miou", "segment", "mIoU", True),           # over the classes present in ground truth or predictions
+    Metric("miou_all", "segment", "mIoU all", False),  # over every class: the paper's (and GluonCV's) mean
     Metric("pixel_acc", "segment", "pixAcc", True),
 )
 BY_KEY = {m.key: m for m in METRICS}
@@ -83,6 +84,7 @@ class Row:
     paper: dict[str, float] = field(default_factory=dict)         # --paper: the published values (%), if a ladder row
     paper_deltas: dict[str, float] = field(default_factory=dict)  # --paper: the published value minus B-standard's
     paper_label: str = ""                                         # --paper: the row's name in the paper's tables
+    paper_top1: dict[str, float] = field(default_factory=dict)    # --paper: metric -> top-1 its own table prints
     classify: list[Run] = field(default_factory=list)            # `bot evaluate-cls` runs of these weights
     seeds: list[int] = field(default_factory=list)               # pretrain seeds grouped into this row (2 or more)
     ci: dict[str, Interval] = field(default_factory=dict)        # metric -> bootstrap interval of its delta
@@ -100,8 +102,9 @@ class Comparison:
     bootstrap: int = 0          # resamples behind the intervals (0: none computed)
 
     def metrics(self, shown_only: bool = False) -> list[Metric]:
-        """The metrics at least one row has (measured, or published with --paper), in METRICS order."""
-        return [m for m in METRICS if (m.shown or not shown_only)
+        """The metrics at least one row has (measured, or published with --paper), in METRICS order; shown_only:
+        the shown ones and every metric with a published value (mIoU all under --paper)."""
+        return [m for m in METRICS if (m.shown or not shown_only or any(m.key in r.paper for r in self.rows))
                 and any(m.key in r.stats or m.key in r.paper for r in self.rows)]
 
     @property
@@ -155,7 +158,7 @@ def collect_stats(row: Row) -> None:
 
 # Config keys that say where or how fast a run went, not what it computed: seeds differing only in these group.
 RUN_ONLY_KEYS = {("train", "seed"), ("train", "device"), ("data", "workers"), ("train", "eval_every"),
-                 ("train", "log_every"), ("train", "compile"), ("train", "channels_last")}
+                 ("train", "log_every"), ("train", "compile"), ("train", "channels_last"), ("train", "deterministic")}
 
 
 def seed_key(run: Run) -> tuple[str, int] | None:

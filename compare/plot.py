@@ -37,8 +37,9 @@ def scatter(ax, comp: Comparison, metric) -> None:
                     ecolor="0.6", capsize=3, zorder=4 if is_base else 3)
         spot = (round(x.mean, 2), round(y.mean, 2))
         labels.setdefault(spot, []).append(row_label(comp, row) + (f" n={y.n}" if y.n > 1 else ""))
-    # --paper: the published numbers of ladder rows, hollow, so that they never pass for measured ones
-    published = [(r, r.paper["top1"], r.paper[metric.key]) for r in comp.rows if "top1" in r.paper and metric.key in r.paper]
+    # --paper: the published numbers of ladder rows, hollow, so that they never pass for measured ones; x is the top-1
+    # the metric's own table prints for the row
+    published = [(r, r.paper_top1[metric.key], r.paper[metric.key]) for r in comp.rows if metric.key in r.paper_top1]
     for row, x, y in published:
         ax.scatter([x], [y], s=60, marker="o", facecolors="none", edgecolors="tab:gray", linewidths=1.2, zorder=2)
         labels.setdefault((round(x, 2), round(y, 2)), []).append(f"{row.paper_label or row.name} (paper)")

@@ -20,8 +20,11 @@ from .join import Comparison, Interval, Metric, Row, Stat
 
 LEGEND = ("metrics in %; (±x) = difference vs the baseline row in percentage points; "
           "[min–max, n] = spread over n repeated runs; blank = no finished run of that stage")
-PAPER_LEGEND = ("; \"paper\" columns: the published value (He et al. 2019, Tables 6, 8, 9) and (±x) its difference "
-                "vs the paper's B-standard row")
+PAPER_LEGEND = ("; \"paper\" columns: the published value (He et al. 2019; top-1: Table 6, A-standard Tables 2-3, "
+                "B-standard Tables 8-9) and (±x) its difference vs the paper's B-standard row, @t = the top-1 that "
+                "value's own table (8: VOC, 9: ADE20K) prints for the row")
+MIOU_LEGEND = ("; mIoU = mean over the classes present in ground truth or predictions, mIoU all = mean over every "
+               "class (the paper's and GluonCV's mIoU; the paper's mIoU is in the mIoU all paper column)")
 
 
 CI_LEGEND = ("; [a, b] after a difference = its 95% paired-bootstrap interval over the validation images ({n} "
@@ -31,7 +34,9 @@ MARK = "*"
 
 def legend(comp: Comparison) -> str:
     ci = CI_LEGEND.format(n=comp.bootstrap) if any(r.ci for r in comp.rows) else ""
-    return LEGEND + ci + (PAPER_LEGEND if comp.has_paper else "")
+    keys = {m.key for m in comp.metrics(shown_only=True)}
+    miou = MIOU_LEGEND if {"miou", "miou_all"} <= keys else ""
+    return LEGEND + ci + (PAPER_LEGEND if comp.has_paper else "") + miou
 
 
 def interval_text(ci: Interval | None) -> str:
@@ -74,7 +79,8 @@ def paper_text(row: Row, key: str) -> str:
     if key not in row.paper:
         return ""
     d = row.paper_deltas.get(key)
-    return fmt(row.paper[key]) + (f" ({d:+.2f})" if d else "")
+    top1 = row.paper_top1.get(key)
+    return fmt(row.paper[key]) + (f" ({d:+.2f})" if d else "") + (f" @{fmt(top1)}" if top1 is not None else "")
 
 
 def fmt(v: float) -> str:
@@ -132,7 +138,7 @@ def to_csv(comp: Comparison) -> str:
                  f"{m.key}_std", f"{m.key}_n"]
     paper = [m for m in metrics if any(m.key in r.paper for r in comp.rows)]
     for m in paper:
-        head += [f"{m.key}_paper", f"{m.key}_paper_delta"]
+        head += [f"{m.key}_paper", f"{m.key}_paper_delta"] + ([f"{m.key}_paper_top1"] if m.task != "pretrain" else [])
     w.writerow(head)
     for row in comp.rows:
         line = [row.name, int(row is comp.baseline), row.recipe, row.arch, row.sha256]
@@ -147,6 +153,7 @@ def to_csv(comp: Comparison) -> str:
                          _num(s.min), _num(s.max), _num(s.std), s.n]
         for m in paper:
             line += [_num(row.paper.get(m.key)), _num(row.paper_deltas.get(m.key))]
+            line += [_num(row.paper_top1.get(m.key))] if m.task != "pretrain" else []
         w.writerow(line)
     return out.getvalue()
 
@@ -167,7 +174,9 @@ def to_dict(comp: Comparison, found: Discovery | None = None) -> dict:
                               for t in ("pretrain", "detect", "segment", "classify")}})
         if comp.has_paper:
             rows[-1]["paper"] = {"label": row.paper_label or None, "metrics": {
-                k: {"value": v, "delta": row.paper_deltas.get(k)} for k, v in row.paper.items()}}
+                k: {"value": v, "delta": row.paper_deltas.get(k), **({"top1": row.paper_top1[k]} if k in row.paper_top1
+                                                                      else {})}
+                for k, v in row.paper.items()}}
     out = {"units": "percent; delta = mean minus the baseline's mean, in percentage points",
            "baseline": comp.baseline.name,
            "metrics": [{"key": m.key, "label": m.label, "task": m.task} for m in comp.metrics()],
@@ -203,7 +212,7 @@ def rich_table(comp: Comparison) -> Table:
         cells = [Text(row_label(comp, row)), Text(row.recipe), Text(row.arch)]
         for m, p in cols:
             if p:
-                cells.append(Text(paper_text(row, m.key).replace(" (", "\n(")))
+                cells.append(Text(paper_text(row, m.key).replace(" (", "\n(").replace(" @", "\n@")))
                 continue
             s = row.stats.get(m.key)
             cell = Text()

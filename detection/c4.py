@@ -6,7 +6,8 @@ and a global average pool before the class and box layers. Reference: dmlc/gluon
 gluoncv/model_zoo/rcnn/faster_rcnn/predefined_models.py (faster_rcnn_resnet50_v1b_voc: `features` = conv1 .. layer3,
 `top_features` = layer4) and gluoncv/model_zoo/rcnn/faster_rcnn/faster_rcnn.py (ROIAlign, then top_features, then
 AdaptiveAvgPooling2D(1), then the class/box predictors). Every number that differs from the FPN detector is a key
-of `model.c4` in defaults.yaml, with its source there.
+of `model.c4` in defaults.yaml, with its source there; the RPN, anchors and RoI heads whose behaviour differs from
+torchvision's (GluonCV's test-time selection, anchor offset, border-crossing anchors, box loss) are c4_parts.py's.
 """
 from __future__ import annotations
 

@@ -223,7 +223,7 @@ def run_evaluate_cli(data=None, val_set=None, detections=None, weights=None, dev
     check_output_file(out, "--out")
     meta = None
     if weights is not None:
-        from bot.engine.distributed import setup
+        from bot.engine.distributed import process_group
 
         from .model import load_detector
         model, meta = load_detector(weights)
@@ -239,10 +239,12 @@ def run_evaluate_cli(data=None, val_set=None, detections=None, weights=None, dev
     if weights is not None:
         if list(meta["classes"]) != list(split.classes):
             raise BotError(f"{weights}: the detector knows classes {meta['classes'][:5]}..., the data {split.classes[:5]}...")
-        ctx = setup(device)
-        model.to(ctx.device)
-        ds = DetectionDataset(split, False, meta["min_size"], meta["max_size"])
-        dets, _ = predict(model, ds, ctx, batch_size, workers, meta.get("precision", "fp32"))
+        with process_group(device) as ctx:  # under torchrun: every rank predicts its shard, rank 0 scores
+            model.to(ctx.device)
+            ds = DetectionDataset(split, False, meta["min_size"], meta["max_size"])
+            dets, _ = predict(model, ds, ctx, batch_size, workers, meta.get("precision", "fp32"))
+        if not ctx.is_main:
+            return {}
     else:
         dets = read_coco_results(detections, split)
     metrics, per_class, table = score(split, dets)

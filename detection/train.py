@@ -69,7 +69,14 @@ def check(cfg: dict) -> None:
 
 
 def upgrade(cfg: dict) -> None:
-    """Runs written before the milestones became fractions held train.lr_decay_epochs: the same points as fractions."""
+    """Runs written before the milestones became fractions held train.lr_decay_epochs: the same points as fractions;
+    runs written before the GluonCV keys of model.c4 (C4_BEFORE) keep torchvision's behaviour there."""
+    from .model import C4_BEFORE
+
+    c4 = (cfg.get("model") or {}).get("c4")
+    if isinstance(c4, dict) and c4:  # a run from before these keys resumes with the detector it started with
+        for key, value in C4_BEFORE.items():
+            c4.setdefault(key, value)
     t = cfg.get("train", {})
     if "lr_decay_epochs" in t and "milestones" not in t:
         epochs = t.get("epochs") or 1
@@ -89,7 +96,7 @@ def default_out(cfg: dict) -> Path:
 
 STAGE = StageDef(task="detect", command="finetune-detect", option_keys=OPTION_KEYS, defaults=defaults, schema=schema,
                  check=check, default_out=default_out, cache_dir=cache_dir, renamed=RENAMED,
-                 upgrade=upgrade)
+                 upgrade=upgrade, cudnn_benchmark=False, eval_benchmark=False)  # every batch its own image sizes
 
 
 def resolve_config(options: dict, sets=()) -> dict:

@@ -31,9 +31,12 @@ class DistContext:
         return self.world_size > 1
 
 
-def pick_device(requested: str | None, local_rank: int = 0) -> torch.device:
+def pick_device(requested: str | None, local_rank: int = 0, world_size: int = 1) -> torch.device:
     if requested in (None, "", "auto"):
         requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if world_size > 1 and requested.startswith("cuda:"):
+        raise BotError(f"--device {requested}: under torchrun (--nproc) every process takes the GPU of its local rank; "
+                       f"give --device cuda (choose GPUs with CUDA_VISIBLE_DEVICES)")
     if requested.startswith("cuda"):
         if not torch.cuda.is_available():
             raise BotError(f"--device {requested}: no CUDA device is visible on this machine")
@@ -49,12 +52,15 @@ def setup(requested_device: str | None = None) -> DistContext:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(requested_device, local_rank)
+    device = pick_device(requested_device, local_rank, world_size)
     if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True  # fixed input sizes (crops): let cuDNN pick its fastest kernels
+        torch.cuda.set_device(device)  # cudnn.benchmark and TF32: per stage, engine/backends.py
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend=backend_for(device))
+        backend = backend_for(device)
+        if backend == "nccl":  # bound to its GPU: NCCL connects eagerly and never guesses the device
+            dist.init_process_group(backend=backend, device_id=device)
+        else:
+            dist.init_process_group(backend=backend)
     return DistContext(rank, world_size, local_rank, device)
 
 
@@ -73,6 +79,16 @@ def backend_for(device: torch.device) -> str:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(requested_device: str | None = None):
+    """`setup` for a command that is not a training stage (evaluate-detect, evaluate-seg): the context, and the
+    process group destroyed when the command ends, however it ends."""
+    try:
+        yield setup(requested_device)
+    finally:
+        cleanup()
 
 
 def all_reduce_sum(values: list[float] | torch.Tensor, ctx: DistContext) -> torch.Tensor:

@@ -144,16 +144,12 @@ def verify(path: str | Path, *, exif: bool = False) -> tuple[int, int]:
     return size
 
 
-def map_until_error(fn, items: list, processes: int = 1) -> tuple[list, tuple[int, BaseException] | None]:
-    """`fn` over `items` on a few threads (Pillow releases the GIL while it decodes), or with `processes` > 1 on
-    that many forked processes (engine/check_pool.py). Returns (results in order up to the first failure, (index,
-    exception) of the first failure in item order or None). Items after a failure are not started, so a bad file
-    early in a long list does not cost the whole pass."""
+def map_until_error(fn, items: list) -> tuple[list, tuple[int, BaseException] | None]:
+    """`fn` over `items` on a few threads (Pillow releases the GIL while it decodes). Returns (results in order up
+    to the first failure, (index, exception) of the first failure in item order or None). Items after a failure
+    are not started, so a bad file early in a long list does not cost the whole pass."""
     from concurrent.futures import ThreadPoolExecutor
 
-    if processes > 1 and len(items) >= 2:
-        from .check_pool import map_processes
-        return map_processes(fn, items, processes)
     if len(items) < 2:
         results = []
         for i, x in enumerate(items):
@@ -180,31 +176,28 @@ def map_until_error(fn, items: list, processes: int = 1) -> tuple[list, tuple[in
     return results, None
 
 
-def check_all(fn, items: list, processes: int = 1) -> list:
-    """`fn` over `items` on a few threads (or processes); results in order, and the first error in item order is
-    the one raised, so the message does not depend on thread timing."""
-    results, failure = map_until_error(fn, items, processes)
+def check_all(fn, items: list) -> list:
+    """`fn` over `items` on a few threads; results in order, and the first error in item order is the one raised,
+    so the message does not depend on thread timing."""
+    results, failure = map_until_error(fn, items)
     if failure:
         raise failure[1]
     return results
 
 
-def check_shard(fn, items: list, ctx, processes: int | None = 1) -> list:
+def check_shard(fn, items: list, ctx) -> list:
     """`fn` over this rank's share of `items` (every world_size-th, from its rank) on threads, the ranks together
     covering each item once: the results of this rank's items, in order (the caller reduces them over ranks).
 
     The first failure in item order over all ranks is raised on every rank, so a bad file gives every rank the
     same one-line BotError (and no rank is left waiting in a collective for one that died). Without a process
-    group this is `check_all`. `processes=None`: as many as engine.check_pool.wanted gives this rank's share."""
+    group this is `check_all`."""
     from bot.engine.distributed import all_gather_object
 
-    if processes is None:
-        from .check_pool import wanted
-        processes = wanted(-(-len(items) // ctx.world_size))
     if not ctx.distributed:
-        return check_all(fn, items, processes)
+        return check_all(fn, items)
     rank, world = ctx.rank, ctx.world_size
-    results, failure = map_until_error(fn, items[rank::world], processes)
+    results, failure = map_until_error(fn, items[rank::world])
     mine = None if failure is None else (rank + world * failure[0], isinstance(failure[1], BotError),
                                          str(failure[1]) or type(failure[1]).__name__)
     failures = [f for f in all_gather_object(mine, ctx) if f is not None]

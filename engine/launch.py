@@ -4,6 +4,9 @@ A child is started as `python -P -m bot.cli` (Python >= 3.11; on 3.10 an equival
 directory from sys.path): plain `python -m bot.cli` would put the working directory first on sys.path, so a user's
 own `bot/` folder there would run instead of bot's.
 
+It also keeps the command line as the user typed it, so that a message suggesting a command (continue an interrupted
+run, go on at a smaller --lr) prints one that works when pasted: `restart_command` is that line with `--resume auto`.
+
 No orphans: a child dies with the process that started it, even when that one is SIGKILLed (which runs no handler
 and leaves children running; torchrun even starts its workers in sessions of their own, so a signal to the
 launcher's process group misses them). The launcher names itself in the child's environment (`child_env`) and the
@@ -14,7 +17,9 @@ them when it was killed outright).
 """
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import signal
 import sys
 
@@ -22,6 +27,8 @@ ENTRY = "bot.cli"
 PARENT_ENV = "BOT_PARENT_PID"            # the launcher's pid, as the child should see it in getppid()
 DEATH_SIGNAL_ENV = "BOT_PARENT_DEATH_SIGNAL"
 PR_SET_PDEATHSIG = 1                      # <linux/prctl.h>
+ARGV_ENV = "BOT_ARGV"  # the launcher's own command line (with --nproc), for the workers it starts under torchrun
+_typed: list[str] | None = None
 
 
 def child_env(sig: int = signal.SIGTERM) -> dict[str, str]:
@@ -56,6 +63,49 @@ def parent_death_signal(sig: int) -> bool:
     return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
 
 
+def remember_argv(args) -> None:
+    """cli.py: the arguments after `bot`, as given (sys.argv is not them under click's test runner)."""
+    global _typed
+    _typed = [str(a) for a in args]
+
+
+def typed_argv() -> list[str]:
+    """The arguments the user gave `bot`: the launcher's under `--nproc` (a worker's own lack `--nproc N`)."""
+    try:
+        launcher = json.loads(os.environ.get(ARGV_ENV, "null"))
+    except ValueError:
+        launcher = None
+    if isinstance(launcher, list):
+        return [str(a) for a in launcher]
+    return list(_typed) if _typed is not None else sys.argv[1:]
+
+
+def drop_option(args: list[str], flag: str, values=None) -> list[str]:
+    """`args` without `flag` and its value (`--flag V` or `--flag=V`); `values`: the words the flag may take as an
+    optional value (None: it always takes one)."""
+    out, i = [], 0
+    while i < len(args):
+        a = args[i]
+        if a == flag:
+            takes = i + 1 < len(args) and (values is None or args[i + 1] in values)
+            i += 2 if takes else 1
+            continue
+        if not a.startswith(flag + "="):
+            out.append(a)
+        i += 1
+    return out
+
+
+def restart_command(**replace: str) -> str:
+    """The user's command line with `--resume auto` (and each `--name value` in `replace`, e.g. lr="0.01", given
+    once): pasted, it continues the run in --out, or starts it if nothing was saved."""
+    args = drop_option(typed_argv(), "--resume", ("auto", "must"))
+    for name, value in replace.items():
+        flag = "--" + name.replace("_", "-")
+        args = drop_option(args, flag) + [flag, str(value)]
+    return "bot " + shlex.join([*args, "--resume", "auto"])
+
+
 def bot_argv() -> list[str]:
     """The command prefix that runs bot's CLI in a child process, immune to modules in the working directory."""
     if sys.version_info >= (3, 11):
@@ -79,6 +129,7 @@ def relaunch_with_torchrun(nproc: int) -> int:
         if a.startswith("--nproc="):
             continue
         cleaned.append(a)
+    os.environ[ARGV_ENV] = json.dumps(sys.argv[1:] if _typed is None else _typed)  # for restart_command
     os.environ.update(child_env(signal.SIGKILL))  # the workers are this process's children: they die with it
     if "OMP_NUM_THREADS" not in os.environ:  # else torchrun sets 1 for every worker (engine/threads.py)
         from .threads import cores

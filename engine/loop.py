@@ -3,7 +3,8 @@
 A stage gives `fit` its model, optimiser, loader and two functions: `train_step(batch) -> (loss, n_images, logs)`
 (the forward pass and the loss) and `evaluate() -> metrics`. `fit` owns the rest: the LR of every batch,
 backward with loss scaling, the non-finite check, logging, progress, per-epoch evaluation and resume state,
-which it writes every epoch and when SIGINT/SIGTERM asks the run to stop.
+which it writes every epoch, every `checkpoint_every` steps or seconds within an epoch (train.checkpoint_every), and
+when SIGINT/SIGTERM asks the run to stop.
 
 Randomness inside a step (mixup, dropout, the detectors' proposal sampling) comes from the global RNGs, which
 `fit` seeds from (seed, step, rank) before every step: a resumed run draws exactly what an uninterrupted one
@@ -142,6 +143,8 @@ class Position:
     batch_in_epoch: int = 0  # batches done in the current epoch
     step: int = 0            # batches done in the whole run (the schedule's clock)
     best: dict = field(default_factory=dict)
+    loss_sum: float = 0.0    # the losses of the batches done in the current epoch (its train_loss, across a resume)
+    loss_n: int = 0
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -186,6 +189,7 @@ def save_state(run: RunDir, model, optimizer, precision: Precision, pos: Positio
         "optimizer": optimizer.state_dict(),
         "scaler": precision.scaler.state_dict(),
         "epoch": pos.epoch, "batch_in_epoch": pos.batch_in_epoch, "step": pos.step,
+        "epoch_loss": [pos.loss_sum, pos.loss_n] if pos.batch_in_epoch else [0.0, 0],
         "extra": extra or {},
     }
     checkpoint.save(run.checkpoint_file, state)
@@ -207,20 +211,25 @@ def restore_state(run: RunDir, model, optimizer, precision: Precision, task: str
         raise BotError(f"{path}: does not fit this run's model ({first[1].strip() if len(first) > 1 else first[0]})") from None
     if state.get("scaler"):
         precision.scaler.load_state_dict(state["scaler"])
-    pos = Position(int(state["epoch"]), int(state["batch_in_epoch"]), int(state["step"]))
+    loss_sum, loss_n = state.get("epoch_loss") or (0.0, 0)
+    pos = Position(int(state["epoch"]), int(state["batch_in_epoch"]), int(state["step"]),
+                   loss_sum=float(loss_sum), loss_n=int(loss_n))
     run.truncate_log(pos.step)
     return pos, state.get("extra", {})
 
 
-def stop_requested(interrupt: Interrupt, ctx: DistContext, check_point: bool) -> bool:
-    """Whether to stop after this step. Under torchrun every rank must stop at the same step (a rank that stopped
-    alone would leave the others waiting in an all-reduce), so ranks agree at check points, where they sync anyway."""
+def stop_requested(interrupt: Interrupt, ctx: DistContext, check_point: bool, save_due: bool = False
+                   ) -> tuple[bool, bool]:
+    """(stop, save) after this step. Under torchrun every rank must stop at the same step (a rank that stopped
+    alone would leave the others waiting in an all-reduce), so ranks agree at check points, where they sync anyway;
+    `save_due` (rank 0's clock says a timed checkpoint is due) rides on the same reduction, so all save together."""
     if not ctx.distributed:
-        return interrupt.requested
+        return interrupt.requested, save_due
     if not check_point:
-        return False
+        return False, False
     from .distributed import all_reduce_sum
-    return bool(all_reduce_sum([float(interrupt.requested)], ctx)[0] > 0)
+    flags = all_reduce_sum([float(interrupt.requested), float(save_due and ctx.is_main)], ctx)
+    return bool(flags[0] > 0), bool(flags[1] > 0)
 
 
 class Diverged(BotError):
@@ -231,10 +240,14 @@ def fit(*, model, optimizer, precision: Precision, schedule: Schedule, loader, s
         train_step: Callable, evaluate: Callable[[], dict], run: RunDir, ctx: DistContext, epochs: int,
         batch_size: int, eval_every: int = 1, log_every: int = 10, start: Position | None = None, seed: int = 0,
         extra_state: Callable[[], dict] | None = None, clip_grad: float = 0.0, task: str = "",
-        on_step: Callable[[Position], None] | None = None) -> dict:
+        on_step: Callable[[Position], None] | None = None, checkpoint_every: tuple[int, float] = (0, 0.0),
+        restart_hint: Callable[[float], str] | None = None) -> dict:
     """Train from `start` to `epochs`; return the last evaluation's metrics plus training throughput.
 
-    `batch_size` is per rank; `on_step` runs after each optimiser step (tests use it to request an interrupt).
+    `batch_size` is per rank; `on_step` runs after each optimiser step (tests use it to request an interrupt);
+    `checkpoint_every` (steps, seconds; 0: never) adds resume states within an epoch, at every multiple of the steps
+    and when the seconds have passed since the last save; `restart_hint(lr)` is the command that continues the run
+    at that lr, for the divergence message.
     """
     pos = start or Position()
     saved = Position(pos.epoch, pos.batch_in_epoch, pos.step) if start is not None else None
@@ -279,23 +292,34 @@ def fit(*, model, optimizer, precision: Precision, schedule: Schedule, loader, s
             cause = (f"the fp16 loss scaler skipped {skipped} step(s) with inf/NaN gradients by then, so fp16's "
                      f"range may be the cause rather than the learning rate: try --precision bf16 or fp32")
         if saved is None or not run.checkpoint_file.exists():
-            where = "no resume state was written before it (it failed in the first epoch); "
-            return where + (cause if skipped else "start again with a smaller --lr")
+            where = "no resume state was written before it (it failed before the first checkpoint); "
+            return where + (cause if skipped else f"start again at a smaller rate with: {hint()}")
         where = f"{run.checkpoint_file} keeps the last good state (epoch {saved.epoch}, step {saved.step}); "
         return where + (cause + " (a new run: --precision cannot change on --resume)" if skipped
-                        else "continue with --resume --lr SMALLER")
+                        else f"continue at a smaller rate with: {hint()}")
+
+    def hint() -> str:
+        smaller = f"{schedule.lr / 10:.3g}"
+        return restart_hint(smaller) if restart_hint else f"--resume auto --lr {smaller}"
+
+    every_steps, every_seconds = checkpoint_every
+    last_save = time.monotonic()
 
     def save(epoch: int) -> None:
-        nonlocal saved
-        check(epoch)
+        nonlocal saved, last_save, loss_sum, loss_n
+        values = check(epoch)
+        loss_sum, loss_n = loss_sum + sum(values), loss_n + len(values)
+        pos.loss_sum, pos.loss_n = loss_sum, loss_n
         if not params_finite(params):
             raise Diverged(f"weights became non-finite by step {pos.step} (epoch {epoch + 1}): run stopped; " + kept())
         save_state(run, model, optimizer, precision, pos, extra_state() if extra_state else None, task)
         saved = Position(pos.epoch, pos.batch_in_epoch, pos.step)
+        last_save = time.monotonic()
 
     with Interrupt() as interrupt:
         for epoch in range(pos.epoch, epochs):
             sampler.set_epoch(epoch, skip=pos.batch_in_epoch * batch_size)
+            epoch_end = pos.batch_in_epoch + len(loader)  # the epoch's last batch saves after its evaluation anyway
             model.train()
             bar = Bar(len(loader), f"epoch {epoch + 1}/{epochs}", enabled=ctx.is_main)
             if not status.state["batches"]:
@@ -303,7 +327,7 @@ def fit(*, model, optimizer, precision: Precision, schedule: Schedule, loader, s
                 status.update(batches=batches, steps=epochs * batches)
             status.update(force=True, phase="train", epoch=epoch + 1, batch=pos.batch_in_epoch, step=pos.step)
             tic = time.perf_counter()
-            loss_sum, loss_n = 0.0, 0
+            loss_sum, loss_n = (pos.loss_sum, pos.loss_n) if pos.batch_in_epoch else (0.0, 0)
             try:
                 for batch in loader:
                     lr = schedule(pos.step)
@@ -328,10 +352,14 @@ def fit(*, model, optimizer, precision: Precision, schedule: Schedule, loader, s
                                      "images_per_second": rate, **{k: float(v) for k, v in logs.items()}})
                     if on_step is not None:
                         on_step(pos)
-                    if stop_requested(interrupt, ctx, pos.step % check_every == 0):
+                    timed = bool(every_seconds) and time.monotonic() - last_save >= every_seconds
+                    stop, save_now = stop_requested(interrupt, ctx, pos.step % check_every == 0, timed)
+                    if stop:
                         train_seconds += time.perf_counter() - tic
                         save(epoch)
                         raise Interrupted(f"stopped at step {pos.step}; resume state saved to {run.checkpoint_file}")
+                    if (save_now or (every_steps and pos.step % every_steps == 0)) and pos.batch_in_epoch < epoch_end:
+                        save(epoch)
                 values = check(epoch)
                 loss_sum, loss_n = loss_sum + sum(values), loss_n + len(values)
             finally:

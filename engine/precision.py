@@ -57,9 +57,9 @@ def zero_momentum_buffers(optimizer: torch.optim.Optimizer) -> None:
 
     Fused SGD makes its buffers with `empty_like` on its first step and fills them in the kernel; when GradScaler
     finds inf/NaN gradients there, the kernel skips the step and leaves them as whatever memory held, and the next
-    step reads it (|w| ~ 1e15 after a skipped first step; tests/test_fused_sgd.py). Zeros give the same first real
-    step as a fresh buffer: buf = momentum * 0 + (1 - dampening) * grad = grad with dampening 0, the value foreach
-    and plain SGD start from. Kept fused rather than switched to foreach on CUDA: the fused kernel reads the
+    step reads it (max |w| from 4e7 to 1e27 after a skipped first step on a CPU; tests/test_fused_sgd.py). Zeros
+    give the same first real step as a fresh buffer: buf = momentum * 0 + (1 - dampening) * grad = grad with
+    dampening 0, the value foreach and plain SGD start from. Kept fused rather than switched to foreach on CUDA: the fused kernel reads the
     scaler's inf flag on the device, where foreach SGD needs a host read of it every step.
     """
     if getattr(optimizer, "_bot_buffers_ready", False):
@@ -68,9 +68,8 @@ def zero_momentum_buffers(optimizer: torch.optim.Optimizer) -> None:
         if not (group.get("fused") and group.get("momentum") and group.get("dampening", 0) == 0):
             continue
         for p in group["params"]:
-            state = optimizer.state[p]
-            if p.requires_grad and state.get("momentum_buffer") is None:
-                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if p.requires_grad and optimizer.state[p].get("momentum_buffer") is None:
+                optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
     optimizer._bot_buffers_ready = True
 
 

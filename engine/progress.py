@@ -1,6 +1,7 @@
 """A rich progress bar (loss, lr, images/s, ETA) on rank 0, and plain one-line epoch reports for logs."""
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from rich.console import Console
@@ -31,6 +32,20 @@ class Bar:
             self.progress.stop()
 
 
+_quiet = 0
+
+
 def report(message: str, enabled: bool = True) -> None:
-    if enabled:
+    if enabled and not _quiet:
         console.print(message)
+
+
+@contextlib.contextmanager
+def quiet():
+    """No reports inside: for work done only to compare (a resume's options with its run), whose notes would mislead."""
+    global _quiet
+    _quiet += 1
+    try:
+        yield
+    finally:
+        _quiet -= 1

@@ -8,6 +8,7 @@ A schema line reads like the type it allows, e.g.::
     model.trainable_stages: int [0, 5] | auto
     data.path: path?                      # ? : may also be null
     data.scale: list[float (0, 1]] len 2
+    train.checkpoint_every: every         # 500steps, 30min, 500steps,30min or off (see parse_every)
 
 Keys without a line take the type of their default (int, float, bool, str, or a list of one of those). Values are
 coerced where the meaning is certain (`5e-5`, which YAML reads as a string, becomes a float; an int in a float
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 
 from .errors import BotError
 
-SCALARS = ("int", "float", "bool", "str", "path")
+SCALARS = ("int", "float", "bool", "str", "path", "every")
 _RANGE = re.compile(r"^(?P<lo>[\[(])\s*(?P<a>[^,]+),\s*(?P<b>[^\])]+)(?P<hi>[\])])$")
 _BOUND = re.compile(r"^(?P<op>>=|>|<=|<)\s*(?P<v>\S+)$")
 
@@ -30,7 +31,7 @@ _BOUND = re.compile(r"^(?P<op>>=|>|<=|<)\s*(?P<v>\S+)$")
 @dataclass
 class Spec:
     """One allowed shape of a value: a scalar type with optional bounds, a list of items, or literal words."""
-    kind: str                                   # int | float | bool | str | path | list | any
+    kind: str                                   # int | float | bool | str | path | every | list | any
     lo: float | None = None
     hi: float | None = None
     lo_open: bool = False
@@ -46,9 +47,9 @@ class Spec:
             parts.append(f"a list of {self.length or ''} {self.item.describe(plural=True)}".replace("  ", " "))
         elif self.kind:
             names = ({"int": "integers", "float": "numbers", "bool": "booleans", "str": "strings", "path": "paths",
-                      "any": "values"} if plural else
+                      "every": "intervals", "any": "values"} if plural else
                      {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-                      "path": "a path", "any": "a value"})
+                      "path": "a path", "every": EVERY_TEXT, "any": "a value"})
             name = names[self.kind]
             if self.lo is not None and self.hi is not None:
                 name += f" in {'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}{')' if self.hi_open else ']'}"
@@ -61,6 +62,50 @@ class Spec:
         if self.nullable:
             parts.append("null")
         return " or ".join(parts) if len(parts) < 3 else ", ".join(parts[:-1]) + " or " + parts[-1]
+
+
+EVERY_TEXT = "an interval: Nsteps, Nmin (or Ns, Nh), both as 500steps,30min (whichever comes first), or off"
+_TERM = re.compile(r"^(?P<n>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>steps?|min|m|s|h)?$")
+
+
+def parse_every(value) -> tuple[int, float]:
+    """An interval (train.checkpoint_every) as (steps, seconds), 0 where not given: a bare integer is steps;
+    `500steps`, `30min`, `90s`, `2h`, or a step and a time term joined by a comma; off, false or 0 for neither.
+    Invalid (saying what is expected) for anything else."""
+    if value is False or value in (0, "0") or (isinstance(value, str) and value.strip().lower() in ("off", "false", "no", "none")):
+        return 0, 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise Invalid(f"expected {EVERY_TEXT}")
+    if isinstance(value, int):
+        if value < 0:
+            raise Invalid(f"out of range: expected {EVERY_TEXT}")
+        return value, 0.0
+    steps, seconds = None, None
+    for term in (t.strip().lower() for t in value.split(",")):
+        m = _TERM.match(term.replace(" ", ""))
+        if not m:
+            raise Invalid(f"expected {EVERY_TEXT}")
+        n, unit = float(m["n"]), m["unit"] or "steps"
+        if unit.startswith("step"):
+            if steps is not None:
+                raise Invalid(f"expected {EVERY_TEXT} (at most one step term)")
+            if not n.is_integer() or n < 1:
+                raise Invalid(f"out of range: expected {EVERY_TEXT} (whole steps >= 1)")
+            steps = int(n)
+        else:
+            if seconds is not None:
+                raise Invalid(f"expected {EVERY_TEXT} (at most one time term)")
+            if n <= 0:
+                raise Invalid(f"out of range: expected {EVERY_TEXT} (a time > 0)")
+            seconds = n * {"s": 1, "m": 60, "min": 60, "h": 3600}[unit]
+    return steps or 0, seconds or 0.0
+
+
+def format_every(steps: int, seconds: float) -> str:
+    """The canonical text of an interval: what config.yaml records, so equal intervals compare equal."""
+    time_text = f"{seconds / 60:g}min" if seconds % 60 == 0 else f"{seconds:g}s"
+    terms = ([f"{steps}steps"] if steps else []) + ([time_text] if seconds else [])
+    return ",".join(terms) or "off"
 
 
 def _num(x: float) -> str:
@@ -191,6 +236,8 @@ def coerce(value, spec: Spec):
         raise Invalid(f"expected {spec.describe()}")
     if kind == "any":
         return value
+    if kind == "every":
+        return format_every(*parse_every(value))
     if kind == "list":
         if isinstance(value, tuple):
             value = list(value)

@@ -41,3 +41,25 @@ def apply(threads: int) -> None:
 
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+# DataLoader workers per process for `data.workers: auto`. On CUDA the GPU waits on decoding: one worker gives 250-380
+# img/s (benchmarks/pretrain_throughput.py), so 4 capped a GPU near 1-1.5k img/s, under the 3,000 img/s target; every
+# core of this process's share but one (the training process's own loop) decodes, up to 16 (past which a node's
+# memory for prefetched batches grows and the rate stops rising). On a CPU the training threads use those cores and
+# workers compete with them: 4, as before.
+CPU_WORKERS, MAX_CUDA_WORKERS = 4, 16
+
+
+def resolve_workers(value, device: str, environ=os.environ) -> int:
+    """`data.workers` as a number: itself, or for `auto` the rule above for `device` (train.device; auto: CUDA when
+    one is visible)."""
+    if value not in (None, "auto"):
+        return int(value)
+    if device in (None, "", "auto"):
+        import torch
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not str(device).startswith("cuda"):
+        return CPU_WORKERS
+    local = int(environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, min(MAX_CUDA_WORKERS, cores() // max(1, local) - 1))

@@ -19,10 +19,11 @@ warning.
 
 Start-up cost at full size (ADE20K: 20,210 training masks): a mask is counted from its 256-bin histogram (Pillow's,
 of the decoded 8-bit mask: no int64 copy), the label mapping applied to the 256 bins, not to the pixels; under
-torchrun each rank checks its share of the files and the counts are summed; within a rank with a thread budget
-of 2 or more (`train.threads`), its share goes to that many forked processes (engine/check_pool.py: Pillow frees the
-GIL only while it inflates, about 70% of a mask's time); the result is kept in the run directory
-(`data_check.json`, engine/check_cache.py), so a restart skips the pass while no file changed.
+torchrun each rank checks its share of the files and the counts are summed; the result is kept in the run directory
+(`data_check.json`, engine/check_cache.py), so a restart skips the pass while no file changed. Per mask (683x512,
+CPU time): PNG inflate about half, the histogram a sixth, the rest (headers, Python) holds the GIL; forked check
+processes instead of the threads measured slower (1.2-1.9x, benchmarks/startup.py on a loaded 2-core machine) and
+were dropped.
 """
 from __future__ import annotations
 
@@ -335,7 +336,7 @@ def label_counts(pairs: list, source: SegSource, ctx: DistContext | None = None)
     torchrun each rank counts its share and the counts are summed over ranks (each pixel counted once)."""
     ctx = ctx or DistContext()
     k = source.num_classes
-    mine = check_shard(lambda pair: train_pair_counts(pair, source), list(pairs), ctx, processes=None)
+    mine = check_shard(lambda pair: train_pair_counts(pair, source), list(pairs), ctx)
     local = np.sum(mine, axis=0, dtype=np.int64) if mine else np.zeros(k + 1, np.int64)
     return all_reduce_int(local, ctx).numpy()
 
@@ -391,7 +392,7 @@ def check_splits(source: SegSource, train_pairs: list, val_pairs: list, ctx: Dis
         problem = label_problem(counts, source)
         if problem:
             raise BotError(f"{source.folders(source.splits[0])[1]}: {problem}")
-        check_shard(lambda pair: check_val_pair(pair, source), list(val_pairs), ctx, processes=None)
+        check_shard(lambda pair: check_val_pair(pair, source), list(val_pairs), ctx)
         return {"counts": counts.tolist()}
 
     payload, cached = check_cache.cached_pass(cache, files, depends_on, compute, ctx)

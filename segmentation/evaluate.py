@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bot.engine.distributed import DistContext, ShardSampler, setup
+from bot.engine.distributed import DistContext, ShardSampler, process_group
 from bot.engine.errors import BotError, first_line
 from bot.engine.images import decode
 from bot.engine.precision import eval_autocast
@@ -99,7 +99,9 @@ def load_run_model(run: Path, config: dict):
     arch = (summary.get("backbone") or {}).get("arch") or config["model"]["arch"]
     m = config["model"]
     model, _ = build_model(arch, m["head"], config["data"]["num_classes"], aux=m["aux"], output_stride=m["output_stride"],
-                           norm=m["norm"], quiet_random=True)
+                           norm=m["norm"], quiet_random=True,
+                           # runs saved before the key existed were trained and scored with timm's pool
+                           dilated_shortcut=m.get("dilated_shortcut", "timm"))
     try:
         state = load_tensors(weights)
         model.load_state_dict(state, strict=True)
@@ -181,21 +183,23 @@ def run_from_cli(*, run=None, predictions=None, data=None, split=None, num_class
                 d[key] = value
         source = source_from_config(config)
         split = split or source.splits[1]
-        ctx = setup(device)
-        model = load_run_model(run, config).to(ctx.device)
-        mean, std = config["model"]["normalize"]["mean"], config["model"]["normalize"]["std"]
-        dataset = SegDataset(list_pairs(source, split), source, eval_transform(mean, std))
-        saver = None
-        if save_predictions:
-            out_dir = Path(save_predictions)
-            out_dir.mkdir(parents=True, exist_ok=True)
+        with process_group(device) as ctx:  # under torchrun: every rank scores its shard, counts summed
+            model = load_run_model(run, config).to(ctx.device)
+            mean, std = config["model"]["normalize"]["mean"], config["model"]["normalize"]["std"]
+            dataset = SegDataset(list_pairs(source, split), source, eval_transform(mean, std))
+            saver = None
+            if save_predictions:
+                out_dir = Path(save_predictions)
+                out_dir.mkdir(parents=True, exist_ok=True)
 
-            def saver(pred, sizes, indices):
-                for p, (h, w), i in zip(pred, sizes, indices):
-                    Image.fromarray(p[:h, :w].numpy().astype(np.uint8), mode="L").save(out_dir / f"{dataset.pairs[i][0].stem}.png")
-        cm = confusion(model, dataset, ctx, batch_size=batch_size or config["eval"]["batch_size"],
-                       mode=mode or config["eval"]["mode"], window=d["crop_size"], overlap=config["eval"]["slide_overlap"],
-                       on_batch=saver, ms=ms_options(config), precision=config["train"].get("precision", "fp32"))
+                def saver(pred, sizes, indices):
+                    for p, (h, w), i in zip(pred, sizes, indices):
+                        Image.fromarray(p[:h, :w].numpy().astype(np.uint8), mode="L").save(out_dir / f"{dataset.pairs[i][0].stem}.png")
+            cm = confusion(model, dataset, ctx, batch_size=batch_size or config["eval"]["batch_size"],
+                           mode=mode or config["eval"]["mode"], window=d["crop_size"], overlap=config["eval"]["slide_overlap"],
+                           on_batch=saver, ms=ms_options(config), precision=config["train"].get("precision", "fp32"))
+        if not ctx.is_main:  # the counts are every rank's; one rank prints and writes
+            return {}
     else:
         source = _source(data, num_classes, ignore_index, class_names)
         split = split or source.splits[1]

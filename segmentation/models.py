@@ -75,18 +75,39 @@ def copy_into_encoder(encoder: nn.Module, backbone: nn.Module, info: BackboneInf
     encoder.load_state_dict({k: source[k] for k in target}, strict=True)
 
 
+SHORTCUTS = ("gluoncv", "timm")
+
+
+def gluoncv_dilated_shortcuts(backbone: nn.Module) -> int:
+    """ResNet-D's shortcut inside dilated stages as GluonCV builds it: no pooling (an identity AvgPool2D(1, 1)) before
+    the 1x1 conv, where timm's output_stride puts AvgPool2dSame(2, stride 1) there (gluoncv/model_zoo/resnetv1b.py at
+    049a972a, `_make_layer` lines 203-208; timm.models.resnet.downsample_avg). The pool has no weights, so the
+    checkpoint fits either way. Returns the number of pools replaced (0 for B/C variants, which have none)."""
+    names = [n for n, mod in backbone.named_modules() if isinstance(mod, timm.layers.AvgPool2dSame)]
+    for name in names:
+        parent, _, leaf = name.rpartition(".")
+        setattr(backbone.get_submodule(parent) if parent else backbone, leaf, nn.Identity())
+    return len(names)
+
+
 def build_model(backbone: str, head: str, num_classes: int, *, aux: bool = True, output_stride: int = 8,
-                norm: str = "bn", distributed: bool = False, quiet_random: bool = False, arch: str | None = None) -> tuple[nn.Module, BackboneInfo]:
-    """The segmentation network and the BackboneInfo of the checkpoint it was built on."""
+                norm: str = "bn", distributed: bool = False, quiet_random: bool = False, arch: str | None = None,
+                dilated_shortcut: str = "gluoncv") -> tuple[nn.Module, BackboneInfo]:
+    """The segmentation network and the BackboneInfo of the checkpoint it was built on. dilated_shortcut: "gluoncv"
+    (no pool on the D shortcut inside dilated stages) or "timm" (timm's 2x2 stride-1 pool there); fcn only."""
     if head not in HEADS:
         raise BotError(f"--head {head!r}: choose one of {', '.join(HEADS)}")
     if norm not in NORMS:
         raise BotError(f"model.norm {norm!r}: choose one of {', '.join(NORMS)}")
+    if dilated_shortcut not in SHORTCUTS:
+        raise BotError(f"model.dilated_shortcut {dilated_shortcut!r}: choose one of {', '.join(SHORTCUTS)}")
     with warnings.catch_warnings():
         if quiet_random:
             warnings.simplefilter("ignore")
         if head == "fcn":
             feats, info = load_backbone(backbone, arch=arch, features_only=True, out_indices=(3, 4), output_stride=output_stride)
+            if dilated_shortcut == "gluoncv":
+                gluoncv_dilated_shortcuts(feats)
             model = FCN(feats, num_classes, aux)
         else:
             # Dilation changes no tensor, so the checkpoint's weights fit the encoder at any output stride;

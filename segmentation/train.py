@@ -73,6 +73,12 @@ def upgrade(cfg: dict) -> None:
         if not (isinstance(b, (int, float)) and b > 0):
             raise BotError(f"train.backbone_lr_mult {b!r}: this older run froze its backbone by lr; it cannot resume")
         t["lr"], t["head_lr_mult"] = t["lr"] * b, 1.0 / b
+    d = cfg.get("data", {})
+    if isinstance(d, dict) and "crop_size" in d and "blur_p" not in d:
+        d["blur_p"] = 0.0  # runs written before the key trained without GluonCV's blur
+    m = cfg.get("model", {})
+    if isinstance(m, dict) and "head" in m and "dilated_shortcut" not in m:
+        m["dilated_shortcut"] = "timm"  # runs written before the key had timm's pool on the dilated D shortcut
 
 
 def cache_dir(cfg: dict):
@@ -88,7 +94,8 @@ def default_out(cfg: dict) -> Path:
 
 
 STAGE = StageDef(task="segment", command="finetune-seg", option_keys=CLI_KEYS, defaults=defaults, schema=schema,
-                 check=check, default_out=default_out, cache_dir=cache_dir, upgrade=upgrade)
+                 check=check, default_out=default_out, cache_dir=cache_dir, upgrade=upgrade,
+                 eval_benchmark=False)  # fixed training crops; whole images and ms-flip scales in evaluation
 
 
 def resolve_config(options: dict, sets=()) -> dict:
@@ -131,14 +138,15 @@ def train_session(session: Session) -> dict:
     d["num_classes"], d["ignore_index"] = source.num_classes, source.ignore_index
 
     model, info = build_model(m["backbone"], m["head"], source.num_classes, aux=m["aux"], output_stride=m["output_stride"],
-                              norm=m["norm"], arch=m["arch"],
+                              norm=m["norm"], arch=m["arch"], dilated_shortcut=m["dilated_shortcut"],
                               # torch's SyncBatchNorm runs on GPUs only; on CPU ranks "sync" stays per-rank BN
                               distributed=ctx.distributed and ctx.device.type == "cuda")
     m["arch"], m["normalize"] = info.arch, {"mean": list(info.mean), "std": list(info.std)}
     session.place(model)
     per_rank = session.per_rank(t["batch_size"])
     train_set = SegDataset(train_pairs, source, train_transform(d["base_size"], d["crop_size"], (d["scale_min"], d["scale_max"]),
-                                                                source.ignore_index, info.mean, info.std, d["flip"]), t["seed"])
+                                                                source.ignore_index, info.mean, info.std, d["flip"],
+                                                                d["blur_p"]), t["seed"])
     val_set = SegDataset(val_pairs, source, eval_transform(info.mean, info.std))
     sampler = dist.EpochSampler(len(train_set), ctx, t["seed"], shuffle=True, drop_last=True, batch_size=per_rank)
     if len(sampler) < per_rank:

@@ -34,14 +34,14 @@ def test_plan_keeps_each_recipes_variant(tmp_path):
     assert [(s.stage, s.recipe) for s in steps] == [
         ("pretrain", "baseline"), ("finetune-detect", "baseline"), ("finetune-seg", "baseline"),
         ("pretrain", "resnet50d"), ("finetune-detect", "resnet50d"), ("finetune-seg", "resnet50d")]
-    pre = steps[0].argv(resume=False)
+    pre = steps[0].argv()
     from bot.engine.launch import bot_argv
     assert pre[:len(bot_argv()) + 1] == [*bot_argv(), "pretrain"]
     assert pre[pre.index("--arch") + 1] == "resnet10a"             # baseline is ResNet-50-A in the paper
     assert steps[3].args[steps[3].args.index("--arch") + 1] == "resnet10d"
-    assert pre[-4:] == ["--epochs", "1", "--out", str(tmp_path / "pretrain" / "baseline")]   # extra args last
+    # extra args last, then one tail for a first start and every restart
+    assert pre[-6:] == ["--epochs", "1", "--out", str(tmp_path / "pretrain" / "baseline"), "--resume", "auto"]
     assert steps[1].args[:2] == ["--backbone", str(tmp_path / "pretrain" / "baseline")]
-    assert steps[0].argv(resume=True)[len(bot_argv()) + 1:] == ["--out", str(tmp_path / "pretrain" / "baseline"), "--resume"]
     with pytest.raises(BotError, match="teacher") as missing:
         plan(["resnet50d-distill"], tmp_path)
     # the suggested teacher run is a command that works when pasted, at demo scale
@@ -120,7 +120,8 @@ def test_demo_runs_skips_and_resumes(tmp_path):
     (seg / "summary.json").unlink()
     (seg / "last.ckpt").write_bytes(b"state")           # interrupted after an epoch
     run_demo(out=out, runner=fake, jobs=1)
-    assert fake.calls == [["finetune-seg", "--out", str(seg), "--resume"]]
+    assert fake.calls == [["finetune-seg", "--backbone", str(out / "pretrain" / "resnet50d"), "--epochs", "12",
+                           "--batch-size", "8", "--out", str(seg), "--resume", "auto"]]  # the first start's line
 
 
 def test_demo_seeds_run_every_row_per_seed_and_compare_groups_them(tmp_path):

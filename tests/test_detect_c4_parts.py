@@ -116,3 +116,27 @@ def test_box_loss_beta_and_predictor_init(backbone):
     assert ours["loss_box_reg"].item() == pytest.approx(theirs["loss_box_reg"].item(), rel=1e-6)
     assert ours["loss_classifier"].item() == pytest.approx(theirs["loss_classifier"].item(), rel=1e-6)
     assert gluon["loss_box_reg"].item() < ours["loss_box_reg"].item()  # beta 1 is quadratic further out
+
+
+def test_detectors_saved_before_the_gluoncv_parts_rebuild_as_they_were(backbone, tmp_path):
+    """A saved C4 detector (or a run resumed) whose config predates the keys keeps torchvision's anchors and
+    selection: no silent change of a finished model's boxes."""
+    from bot.detection.model import C4_BEFORE, c4_config, load_detector, save_detector
+    from bot.detection.train import upgrade
+
+    model, info = build_detector(backbone, 2, {**C4, "c4": {"anchor_offset": 0.0}}, 64, 64)
+    old = c4_config({})
+    for key in C4_BEFORE:
+        old.pop(key)
+    old.update(box_detections_per_img=100, box_score_thresh=0.0001)  # what such a config stored
+    meta = {"backbone": {"arch": info.arch, "variant": info.variant, "recipe": info.recipe, "sha256": info.sha256,
+                         "source": info.source}, "classes": ["a", "b"], "model": {**C4, "c4": old},
+            "min_size": 64, "max_size": 64, "mean": list(info.mean), "std": list(info.std)}
+    save_detector(model, tmp_path / "model.safetensors", meta)
+    rebuilt, _ = load_detector(tmp_path)
+    assert rebuilt.rpn.anchor_generator.offset == 0.0 and not rebuilt.rpn.ignore_border
+    assert rebuilt.roi_heads.per_class_topk == 0 and rebuilt.roi_heads.detections_per_img == 100
+    assert rebuilt.roi_heads.score_thresh == 0.0001
+    cfg = {"model": {"c4": dict(old)}, "train": {}}
+    upgrade(cfg)
+    assert cfg["model"]["c4"]["anchor_offset"] == 0.0 and cfg["model"]["c4"]["rpn_ignore_border"] is False

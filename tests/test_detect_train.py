@@ -148,7 +148,8 @@ def test_resume_mid_epoch_continues_exactly(straight_run, backbone, tmp_path):
         state = torch.load(out / "last.ckpt", weights_only=True)
         assert (state["epoch"], state["step"]) == (0, 1)
         res = CliRunner().invoke(main, ["finetune-detect", "--backbone", str(backbone), "--out", str(out)])
-        assert res.exit_code == 2 and "add --resume" in res.output
+        assert res.exit_code == 2 and (f"continue it with `bot finetune-detect --backbone {backbone} --out {out} "
+                                       f"--resume auto`") in res.output
         finetune(["--out", str(out), "--resume"])
     a, b = load_file(str(straight_run / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert a.keys() == b.keys()

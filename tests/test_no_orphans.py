@@ -17,7 +17,7 @@ import torch
 from bot.engine.launch import bot_argv, child_env, die_with_parent
 
 TIMEOUT = 300
-GONE_WITHIN = 20  # seconds; a few on an idle machine
+GONE_WITHIN = 60  # seconds; a few on an idle machine (a SIGTERMed stage first saves its resume state)
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +87,14 @@ def wait_gone(pids: list[int]) -> list[int]:
     while any(alive(p) for p in pids) and time.time() < deadline:
         time.sleep(0.2)
     left = [p for p in pids if alive(p)]
+    named = []
     for p in left:  # do not leave them running on a failure
-        os.kill(p, signal.SIGKILL)
-    return left
+        try:
+            named.append(Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:300])
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+    return named
 
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")

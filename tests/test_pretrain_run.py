@@ -112,6 +112,55 @@ def test_resume_after_interrupt_reaches_the_same_weights(tiny_imagefolder, tmp_p
         assert torch.equal(a[k], b[k]), k
     steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and len(steps) == len(set(steps)) + 2  # per-batch records plus two epoch records
+    # the interrupted epoch's train_loss covers all its batches, those before the resume too (their sum is saved)
+    epoch_losses = [[r["train_loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())
+                     if "train_loss" in r] for d in (straight, tmp_path / "resumed")]
+    assert epoch_losses[0] == epoch_losses[1] and len(epoch_losses[0]) == 2
+
+
+def test_timed_checkpoints_within_an_epoch(tiny_imagefolder, tmp_path, monkeypatch):
+    """train.checkpoint_every as a time: a resume state whenever that long has passed since the last one, within
+    an epoch too (the epoch ends save anyway). The loop's clock is faked: 100 s pass at each reading."""
+    import itertools
+    import time
+    import types
+
+    from bot.engine import loop
+    saved = []
+    real_save = loop.save_state
+
+    def recording_save(run, model, optimizer, precision, pos, extra=None, task=""):
+        saved.append((pos.epoch, pos.batch_in_epoch, pos.step))
+        real_save(run, model, optimizer, precision, pos, extra, task)
+    monkeypatch.setattr(loop, "save_state", recording_save)
+    ticks = itertools.count(0, 100)
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(monotonic=lambda: next(ticks), perf_counter=time.perf_counter))
+    cfg = tiny_cfg(tiny_imagefolder)  # 80 images, batch 16: 5 steps an epoch, 2 epochs
+    cfg["train"]["checkpoint_every"] = "5min"
+    pt.train(cfg, tmp_path / "run")
+    # step 3: 300 s after the start; the epoch end (step 5) saves and restarts the clock; step 8: 300 s after it
+    assert saved == [(0, 3, 3), (1, 0, 5), (1, 3, 8), (2, 0, 10)]
+
+
+def test_only_rank_0s_clock_decides_a_timed_checkpoint():
+    """Ranks save together: rank 0's "a timed checkpoint is due" rides on the stop all-reduce, and counts at check
+    points only; another rank's clock never does. (A gloo group of one process standing in for either rank.)"""
+    import torch.distributed as dist
+
+    from bot.engine.distributed import DistContext
+    from bot.engine.loop import Interrupt, stop_requested
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        interrupt = Interrupt()
+        rank0, rank1 = DistContext(0, 2), DistContext(1, 2)
+        assert stop_requested(interrupt, rank0, True, save_due=True) == (False, True)
+        assert stop_requested(interrupt, rank1, True, save_due=True) == (False, False)
+        assert stop_requested(interrupt, rank0, False, save_due=True) == (False, False)  # not a check point
+        interrupt.requested = True
+        assert stop_requested(interrupt, rank1, True) == (True, False)
+        assert stop_requested(interrupt, DistContext(0, 1), False, save_due=True) == (True, True)  # one process
+    finally:
+        dist.destroy_process_group()
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tiny_imagefolder, tmp_path, monkeypatch):

@@ -63,7 +63,7 @@ def test_demo_scale_plan(tmp_path):
     assert (arg(steps[4], "--arch"), arg(steps[4], "--epochs")) == ("resnet10d", "17")  # mixup: 200/120
     assert arg(steps[4], "--teacher") == str(tmp_path / "pretrain" / "resnet152d-teacher")
     assert "--teacher" not in steps[1].args and "--data" not in steps[2].args
-    assert steps[2].argv(resume=False)[len(bot_argv())] == "finetune-detect" and arg(steps[3], "--epochs") == "12"
+    assert steps[2].argv()[len(bot_argv())] == "finetune-detect" and arg(steps[3], "--epochs") == "12"
 
 
 def test_plan_with_data_paths_and_nproc(tmp_path):
@@ -86,7 +86,7 @@ def test_runs_compares_with_the_paper_and_skips_what_is_finished(tmp_path):
     assert data["baseline"] == "resnet50b-standard" and data["paper"]["delta_against"] == "resnet50b-standard"
     d = {r["recipe"]: r for r in data["rows"]}["resnet50d"]
     assert d["metrics"]["voc07_map50"]["delta"] == pytest.approx(10.0)
-    assert d["paper"]["metrics"]["voc07_map50"] == {"value": 78.30, "delta": pytest.approx(0.76)}
+    assert d["paper"]["metrics"]["voc07_map50"] == {"value": 78.30, "delta": pytest.approx(0.76), "top1": 77.16}
     assert (out / "compare.png").exists() and "paper" in (out / "compare.md").read_text()
     fake.calls.clear()
     run_reproduce(out=out, recipes="resnet50b-standard,resnet50d", runner=fake)

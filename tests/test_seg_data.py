@@ -170,3 +170,28 @@ def test_ade20k_class_names_from_object_info(tmp_path):
     assert parse_data(f"ade20k:{tmp_path}").num_classes == 2   # the names file sets the class count
     with pytest.raises(Exception, match="2 class names for 3 classes"):
         parse_data(f"ade20k:{tmp_path}", num_classes=3)
+
+
+def test_train_crop_pads_right_and_bottom_and_blurs_half_the_crops():
+    """GluonCV's _sync_transform: a short image is padded on the right/bottom only (so it stays at the crop's top
+    left), and the crop is blurred with p = 0.5, sigma U(0, 1), the mask never."""
+    import torch
+
+    from bot.segmentation.transforms import train_transform
+
+    image = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    mask = torch.randint(0, 5, (16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    plain = train_transform(16, 32, (1.0, 1.0), 255, (0, 0, 0), (1, 1, 1), flip=False, blur_p=0.0)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        img, m = plain(image, mask)
+        assert torch.equal(m[:16, :16], mask) and (m[16:] == 255).all() and (m[:, 16:] == 255).all()
+        assert torch.allclose(img[:, :16, :16], image.float() / 255) and (img[:, 16:] == 0).all()
+    blurry = train_transform(16, 16, (1.0, 1.0), 255, (0, 0, 0), (1, 1, 1), flip=False, blur_p=0.5)
+    blurred = 0
+    for seed in range(200):
+        torch.manual_seed(seed)
+        img, m = blurry(image, mask)
+        assert torch.equal(m, mask)
+        blurred += not torch.allclose(img, image.float() / 255, atol=1 / 255)
+    assert 70 <= blurred <= 130  # about half (a sigma near 0 leaves a crop unchanged: a few count as unblurred)

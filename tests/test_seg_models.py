@@ -91,3 +91,25 @@ def test_sliding_window_stitches_a_pointwise_model_exactly():
         torch.testing.assert_close(predict_logits(pointwise, images, "slide", window=window, overlap=1 / 3), whole)
     with pytest.raises(BotError, match="eval.mode"):
         predict_logits(pointwise, images, "tiles")
+
+
+def test_dilated_d_shortcut_has_no_pool_as_gluoncv_unless_timm_is_asked():
+    """GluonCV's dilated ResNet-D: an identity pool on the shortcut of the dilated stages (resnetv1b.py, dilation > 1);
+    timm's output_stride=8 puts AvgPool2dSame(2, stride 1) there, which changes the features, not the weights."""
+    from timm.layers import AvgPool2dSame
+
+    torch.manual_seed(0)
+    ours, _ = build_model("resnet18d", "fcn", 3, aux=False, quiet_random=True)
+    timms, _ = build_model("resnet18d", "fcn", 3, aux=False, quiet_random=True, dilated_shortcut="timm")
+    assert not any(isinstance(m, AvgPool2dSame) for m in ours.modules())
+    pools = [n for n, m in timms.named_modules() if isinstance(m, AvgPool2dSame)]
+    assert pools == ["backbone.layer3.0.downsample.0", "backbone.layer4.0.downsample.0"]
+    assert isinstance(ours.backbone.layer2[0].downsample[0], torch.nn.AvgPool2d)  # stride-2 stages keep theirs
+    timms.load_state_dict(ours.state_dict())
+    x = torch.rand(1, 3, 64, 64)
+    ours.eval(), timms.eval()
+    with torch.no_grad():
+        a, b = ours.backbone(x)[-1], timms.backbone(x)[-1]
+    assert a.shape == b.shape == (1, 512, 8, 8) and not torch.allclose(a, b)
+    with pytest.raises(BotError, match="model.dilated_shortcut 'x'"):
+        build_model("resnet18d", "fcn", 3, dilated_shortcut="x")

@@ -174,7 +174,8 @@ def test_resume_takes_safe_overrides_and_refuses_the_rest(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(pt.resolve_config("resnet50d")))
     cfg = resumed_config(pt.STAGE, tmp_path, {"lr": 0.001, "workers": 0}, ["train.log_every=5"])
     assert (cfg["train"]["lr"], cfg["data"]["workers"], cfg["train"]["log_every"]) == (0.001, 0, 5)
-    with pytest.raises(BotError, match=r"--batch-size, --set optim.weight_decay cannot change \(allowed with --resume: --lr"):
+    with pytest.raises(BotError, match=r"--batch-size, --set optim.weight_decay cannot change \(--batch-size: the "
+                                       r"run's 32, given 8; .* may differ on resume: --lr, --workers"):
         resumed_config(pt.STAGE, tmp_path, {"batch_size": 8}, ["optim.weight_decay=0.1"])
     line = one_error(["pretrain", "--out", tmp_path, "--resume", "--epochs", "3"])
     assert "--epochs cannot change" in line
@@ -184,6 +185,79 @@ def test_resume_takes_safe_overrides_and_refuses_the_rest(tmp_path):
     other.mkdir()
     (other / "config.yaml").write_text(yaml.safe_dump(detect_config({"backbone": "resnet18d"})))
     assert "not a pretrain run's config" in one_error(["pretrain", "--out", other, "--resume"])
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "detect", "segment"])
+def test_the_first_start_command_line_resumes_as_it_is(tmp_path, stage):
+    """Options equal to the run's own values (the same command line again) are accepted beside any resume, in
+    whichever form they were given (--image-size 48 and --set data.min_size=48.0 alike); a different one is refused
+    naming its flag and both values."""
+    import bot.pretrain.train as pt
+    from bot.detection.train import STAGE as DETECT
+    from bot.segmentation.train import STAGE as SEGMENT
+    from bot.engine.stage import fresh_config, resumed_config
+    stage_def = {"pretrain": pt.STAGE, "detect": DETECT, "segment": SEGMENT}[stage]
+    options = {"pretrain": {"recipe": "resnet50d-cosine", "arch": "resnet18d", "epochs": 3, "batch_size": 16},
+               "detect": {"backbone": "resnet18d", "epochs": 3, "image_size": 48, "batch_size": 2},
+               "segment": {"backbone": "resnet18d", "epochs": 3, "crop_size": 32, "base_size": 32, "aux": False}}[stage]
+    sets = ["train.seed=3", "train.checkpoint_every=5steps"]
+    cfg = fresh_config(stage_def, options, sets)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    assert resumed_config(stage_def, tmp_path, options, sets) == cfg
+    key = "data.min_size" if stage == "detect" else "train.epochs"
+    same = "48.0" if stage == "detect" else "3"  # a float where an int is kept: coerced, then equal
+    if stage != "detect":
+        assert resumed_config(stage_def, tmp_path, {}, [f"{key}={same}"]) == cfg
+    # checkpoint_every may change on resume: given as a bare number of steps, recorded canonically
+    assert resumed_config(stage_def, tmp_path, options, ["train.checkpoint_every=7"])["train"]["checkpoint_every"] == "7steps"
+    with pytest.raises(BotError, match=r"--epochs cannot change \(--epochs: the run's 3, given 4"):
+        resumed_config(stage_def, tmp_path, {**options, "epochs": 4}, sets)
+    with pytest.raises(BotError, match=r"--set train.seed cannot change"):
+        resumed_config(stage_def, tmp_path, options, ["train.seed=4"])
+
+
+@pytest.mark.parametrize("value,message", [
+    ("0steps", "out of range"), ("1.5steps", "whole steps"), ("30min,1h", "at most one time term"),
+    ("soon", "expected an interval"), ("-3", "out of range"),
+])
+def test_checkpoint_every_is_checked_before_anything_is_written(tmp_path, value, message):
+    line = one_error([*STAGES["pretrain"], "--set", f"train.checkpoint_every={value}", "--out", tmp_path / "run"])
+    assert "--set train.checkpoint_every" in line and message in line, line
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_auto_starts_continues_and_reports(tiny_imagefolder, tmp_path):
+    """`--resume auto` starts where there is no run (the folder missing, or empty), continues an unfinished run and
+    reports a finished one: exit 0, one line, nothing rewritten. `--resume` alone still needs a run."""
+    import bot.pretrain.train as pt
+    out = tmp_path / "r"
+    args = ["pretrain", "--data", tiny_imagefolder, "--arch", "resnet18d", "--epochs", "1", "--batch-size", "16",
+            "--image-size", "32", "--workers", "0", "--device", "cpu", "--out", out, "--resume", "auto"]
+    assert "no run to resume" in one_error(args[:-1])  # plain --resume on a folder that does not exist
+    assert "--resume auto starts one" in one_error(args[:-1])
+
+    class Stop(Exception):
+        pass
+
+    def stop(pos):
+        raise Stop
+    with pytest.raises(Stop):  # an unfinished run: config.yaml written, no checkpoint yet
+        pt.run_from_cli(out=str(out), resume="auto", on_step=stop, data=str(tiny_imagefolder), arch="resnet18d",
+                        epochs=1, batch_size=16, image_size=32, workers=0, device="cpu")
+    assert (out / "config.yaml").exists() and not (out / "summary.json").exists()
+    line = one_error(args[:-2])  # without --resume: refused, with a command that works when pasted
+    assert "holds an unfinished run; continue it with `bot pretrain --data" in line and line.endswith(
+        "--resume auto` or choose another --out")
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    files = {f.name: (f.stat().st_mtime_ns, f.read_bytes()) for f in out.iterdir() if f.is_file()}
+    again = CliRunner().invoke(main, [str(a) for a in args])
+    assert again.exit_code == 0 and again.output.strip().splitlines() == [
+        f"{out}: already finished (summary.json present); nothing to do"], again.output
+    assert {f.name: (f.stat().st_mtime_ns, f.read_bytes()) for f in out.iterdir() if f.is_file()} == files
+    changed = [str(a) for a in args]
+    changed[changed.index("--epochs") + 1] = "2"
+    assert "--epochs cannot change" in one_error(changed)  # a finished run is not silently taken for another
 
 
 @pytest.mark.parametrize("content,message", [
@@ -448,3 +522,23 @@ def test_detection_milestones_follow_the_epochs_and_old_runs_still_read(tmp_path
     assert resumed_config(STAGE, tmp_path, {})["train"]["milestones"] == [0.7, 1.0]
     assert "train.milestones" in one_error(["finetune-detect", "--backbone", "resnet18d", "--out", tmp_path / "x",
                                             "--set", "train.milestones=[14, 20]"])
+
+
+def test_a_suggested_command_works_when_pasted(tiny_imagefolder, tmp_path, monkeypatch):
+    """The divergence message ends with a command (the user's line, --resume auto, a 10x smaller --lr); pasted, it
+    goes on from the run's folder at that rate."""
+    import shlex
+
+    import bot.pretrain.train as pt
+    real = pt.soft_cross_entropy
+    monkeypatch.setattr(pt, "soft_cross_entropy", lambda logits, target: real(logits, target) * float("nan"))
+    args = ["pretrain", "--data", str(tiny_imagefolder), "--arch", "resnet18d", "--epochs", "1", "--batch-size", "16",
+            "--image-size", "32", "--workers", "0", "--device", "cpu", "--lr", "0.05", "--out", str(tmp_path / "r")]
+    line = one_error(args)
+    assert "loss is nan at step 0" in line
+    command = line.split("start again at a smaller rate with: ", 1)[1]
+    assert command == "bot " + shlex.join([*args[:-4], *args[-2:], "--lr", "0.005", "--resume", "auto"])
+    monkeypatch.setattr(pt, "soft_cross_entropy", real)
+    result = CliRunner().invoke(main, shlex.split(command)[1:])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["train"]["lr"] == 0.005
