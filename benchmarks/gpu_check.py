@@ -22,9 +22,10 @@ is what the sections below measure. Sections, one function each:
       by SIGINT mid-run and resumed.
 
 One JSON out (benchmarks/results/gpu.json by default on a GPU): sections as dicts, the (f) ratios as measurement
-entries that `python benchmarks/results.py --gpu FILE --readme README.md` renders with a summary of the other
+entries that `python benchmarks/results.py --gpu FILE --into docs/performance.md` renders with a summary of the other
 sections. `--smoke` runs all of it on a CPU at toy sizes (fp16 through CPU autocast and GradScaler("cpu"), DALI's
-CPU backend); what no CPU can run in any form is written as "skipped: needs CUDA".
+CPU backend; fp16 steps for pretrain only, SLOW_FP16 says why); what no CPU can run in any form is written as
+"skipped: needs CUDA".
 
     python benchmarks/gpu_check.py                                  # on the GPU machine -> benchmarks/results/gpu.json
     python benchmarks/gpu_check.py --smoke --json /tmp/gpu.json     # anywhere: 16 minutes on 2 cores at load 14
