@@ -53,7 +53,9 @@ def command(stage: str, data: Path, out: Path) -> list[str]:
     """The one command line of a run: the same for its first start and every restart."""
     args, every, _, _ = STAGES[stage]
     source = ["--data", str(data / "images")] if stage == "pretrain" else ["--backbone", str(data / "bb.safetensors")]
-    return [*args, *source, "--device", "cpu", "--workers", "0", "--set", f"train.checkpoint_every={every}",
+    # one thread everywhere (train.threads), as the in-process reference computes with
+    return [*args, *source, "--device", "cpu", "--workers", "0", "--set", "train.threads=1",
+            "--set", f"train.checkpoint_every={every}",
             "--set", "train.log_every=1", "--out", str(out), "--resume", "auto"]
 
 
