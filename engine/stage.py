@@ -111,9 +111,16 @@ def given_config(stage: StageDef, options: dict, sets=()) -> dict:
     apply_options(cfg, keyed, origins, {k: flag_of(stage, k) for k in keyed})
     apply_sets(cfg, sets, origins=origins, renamed=stage.renamed)
     validate(cfg, stage.schema(), origins)
-    if "threads" in cfg.get("train", {}):  # config.yaml records the number `auto` came to (run_config)
-        cfg["train"]["threads"] = threads.resolve(cfg["train"]["threads"])
     return cfg
+
+
+# Keys whose `auto` is resolved once, when the run starts, and recorded as a number in config.yaml: `auto` beside a
+# resume means "what the run recorded", on whatever machine the restart lands (a requeue may land on other cores).
+RESOLVED_AT_START = ("train.threads",)
+
+
+def same_value(key: str, given, stored) -> bool:
+    return given == stored or (key in RESOLVED_AT_START and given == "auto")
 
 
 def get_key(cfg: dict, dotted: str, missing=None):
@@ -162,7 +169,7 @@ def resumed_config(stage: StageDef, out: Path, options: dict, sets=()) -> dict:
     fixed = [k for k in flags if k not in RESUME_OVERRIDES]
     if fixed:
         fresh = given_config(stage, options, sets)
-        differ = [k for k in fixed if get_key(fresh, k, "<unset>") != get_key(cfg, k, "<unset>")]
+        differ = [k for k in fixed if not same_value(k, get_key(fresh, k, "<unset>"), get_key(cfg, k, "<unset>"))]
         if differ:
             allowed = ", ".join(flag_of(stage, k) for k in RESUME_OVERRIDES)
             values = "; ".join(f"{flags[k]}: the run's {get_key(cfg, k)!r}, given {get_key(fresh, k)!r}" for k in differ)

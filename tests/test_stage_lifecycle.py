@@ -214,6 +214,12 @@ def test_the_first_start_command_line_resumes_as_it_is(tmp_path, stage):
         resumed_config(stage_def, tmp_path, {**options, "epochs": 4}, sets)
     with pytest.raises(BotError, match=r"--set train.seed cannot change"):
         resumed_config(stage_def, tmp_path, options, ["train.seed=4"])
+    # config.yaml records the thread count `auto` came to; a restart on other cores may still say `auto`
+    recorded = {**cfg, "train": {**cfg["train"], "threads": 7}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(recorded, sort_keys=False))
+    assert resumed_config(stage_def, tmp_path, options, [*sets, "train.threads=auto"])["train"]["threads"] == 7
+    with pytest.raises(BotError, match=r"--set train.threads cannot change"):
+        resumed_config(stage_def, tmp_path, options, [*sets, "train.threads=3"])
 
 
 @pytest.mark.parametrize("value,message", [
